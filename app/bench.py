@@ -1,0 +1,167 @@
+"""``worldstream bench``: speed of the engine loop, cached vs. recomputing the window, in one run.
+
+Both runs step the same engine code; only the KV cache is switched off in the second. Frames are
+timed after a warm-up long enough to fill the window (and to compile, with --compile), so both
+modes attend the same number of frames.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import resource
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from engine.action import BUTTONS, Action
+from engine.config import EngineConfig, get_preset
+from engine.engine import Engine
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class BenchArgs:
+    preset: str = "small"
+    model: str | None = None  # checkpoint folder; overrides preset
+    frames: int = 100
+    warmup: int | None = None  # default: sink + window + 2 frames
+    steps: int | None = None  # override the sampler's steps
+    sampler: str | None = None  # override the sampler's kind
+    device: str = "cpu"
+    dtype: str = "fp32"
+    attention: str = "auto"
+    compile: bool = False
+    recompute: bool = True  # also measure the no-cache baseline (for cache_speedup)
+    recompute_frames: int | None = None  # default: min(frames, 30)
+    seed: int = 0
+
+
+def _actions(n: int, seed: int) -> list[Action]:
+    """A held-keys action stream: each action lasts 4-12 frames."""
+    g = torch.Generator().manual_seed(seed)
+    out: list[Action] = []
+    while len(out) < n:
+        buttons = torch.rand(len(BUTTONS), generator=g) < 0.25
+        hold = int(torch.randint(4, 13, (1,), generator=g))
+        out += [Action(tuple(bool(b) for b in buttons))] * hold
+    return out[:n]
+
+
+def _config(args: BenchArgs) -> tuple[EngineConfig, str]:
+    if args.model is not None:
+        from engine.checkpoint import load_config
+
+        config, _ = load_config(args.model)
+        name = args.model
+    else:
+        config, name = get_preset(args.preset), args.preset
+    sampler = config.sampler
+    if args.steps is not None:
+        sampler = dataclasses.replace(sampler, steps=args.steps)
+    if args.sampler is not None:
+        sampler = dataclasses.replace(sampler, kind=args.sampler)
+    return dataclasses.replace(config, sampler=sampler), name
+
+
+def _run(engine: Engine, warmup: int, frames: int, seed: int, desc: str) -> dict[str, Any]:
+    actions = _actions(warmup + frames, seed)
+    engine.reset(seed)
+    for _ in engine.stream(actions[:warmup]):
+        pass
+    if engine.device.type == "cuda":
+        torch.cuda.synchronize()
+    stages: dict[str, list[float]] = {}
+    start = time.perf_counter()
+    bar = tqdm(engine.stream(actions[warmup:]), total=frames, desc=desc, unit="frame",
+               file=sys.stderr, disable=None, leave=False)
+    for frame in bar:
+        for stage, ms in frame.timings_ms.items():
+            stages.setdefault(stage, []).append(ms)
+    wall = time.perf_counter() - start
+    return {
+        "fps": frames / wall,
+        "ms_per_frame": {k: statistics.fmean(v) for k, v in stages.items()},
+        "ms_p95": {k: _p95(v) for k, v in stages.items()},
+    }
+
+
+def _p95(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
+
+
+def run_bench(args: BenchArgs) -> dict[str, Any]:
+    if args.frames < 1:
+        raise ValueError("--frames must be >= 1")
+    if args.dtype not in DTYPES:
+        raise ValueError(f"--dtype must be one of {sorted(DTYPES)}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available on this machine")
+    config, name = _config(args)
+    m = config.model
+    warmup = args.warmup if args.warmup is not None else m.sink_frames + m.window_frames + 2
+    opts: dict[str, Any] = dict(device=args.device, dtype=DTYPES[args.dtype], seed=args.seed,
+                                attention=args.attention, compile=args.compile)
+    if args.model is not None:
+        engine = Engine.from_checkpoint(args.model, **opts)
+    else:
+        engine = Engine.build(config, **opts)
+    cached = _run(engine, warmup, args.frames, args.seed, "cached")
+    result: dict[str, Any] = {
+        "preset": name,
+        "device": args.device,
+        "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "dtype": args.dtype,
+        "attention": engine.runner.attention,
+        "compile": args.compile,
+        "sampler": config.sampler.kind,
+        "frames": args.frames,
+        "steps": config.sampler.steps,
+        "resolution": f"{config.frame.width}x{config.frame.height}",
+        "tokens_per_frame": m.tokens_per_frame,
+        "window_frames": m.window_frames,
+        "sink_frames": m.sink_frames,
+        "fps": cached["fps"],
+        "model_fps": 1000.0 / cached["ms_per_frame"]["model"],
+        "ms_per_frame": cached["ms_per_frame"],
+        "ms_p95": cached["ms_p95"],
+        "params": engine.runner.model.num_params(),
+        "cache_mb": engine.runner.cache.memory_bytes() / 2**20,
+        "decoder": engine.decoder.name,
+    }
+    if args.recompute:
+        baseline = Engine(engine.runner, engine.decoder, recompute=True)
+        n = args.recompute_frames or min(args.frames, 30)
+        slow = _run(baseline, warmup, n, args.seed, "recompute")
+        result["recompute_fps"] = slow["fps"]
+        result["recompute_ms_per_frame"] = slow["ms_per_frame"]
+        result["cache_speedup"] = cached["fps"] / slow["fps"]
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if args.device.startswith("cuda"):
+        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return result
+
+
+def format_table(r: dict[str, Any]) -> str:
+    ms = r["ms_per_frame"]
+    lines = [
+        f"worldstream bench: {r['preset']} on {r['device']} ({r['device_name']}, {r['threads']} threads), "
+        f"{r['dtype']}, attention={r['attention']}, compile={r['compile']}",
+        f"  {r['resolution']}, {r['tokens_per_frame']} tokens/frame, window {r['window_frames']} + "
+        f"{r['sink_frames']} sink, {r['sampler']} x {r['steps']} step(s), {r['params'] / 1e6:.1f}M params",
+        f"  FPS (model + decode): {r['fps']:.1f}    model-only FPS: {r['model_fps']:.1f}",
+        "  ms/frame: " + ", ".join(f"{k} {v:.2f}" for k, v in ms.items()),
+    ]
+    if "cache_speedup" in r:
+        lines.append(f"  no-cache (recompute window) FPS: {r['recompute_fps']:.1f}    "
+                     f"cache speed-up: {r['cache_speedup']:.1f}x")
+    lines.append(f"  KV cache {r['cache_mb']:.1f} MiB, peak RSS {r['peak_rss_mb']:.0f} MiB")
+    return "\n".join(lines)

@@ -1,0 +1,134 @@
+"""Block-causal DiT: one frame = one block of latent tokens.
+
+Each frame's tokens are modulated (adaLN) by that frame's noise level and action. Attention is
+bidirectional inside a frame and causal across frames; which frames a token sees, and where the
+keys live, is the attention context's business (``engine.cache``): the same weights run a whole
+clip at once (training, reference) or a few new frames against the KV cache (inference).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from engine.config import ModelConfig
+from engine.model.layers import RMSNorm, Rope3D, SigmaEmbedder, modulate, patchify, unpatchify
+from kernels.attention import AttentionBackend, SDPAAttention
+
+
+class AttentionContext(Protocol):
+    """What a forward needs to know about its frames (see ``KVCache.context``, ``FullContext``)."""
+
+    frame_index: torch.Tensor  # (B, F) absolute frame numbers of the frames in this forward
+    mask: torch.Tensor  # (B, 1, F*N, K) bool, K = keys returned by append
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ...
+
+
+@dataclass
+class AttentionInputs:
+    """Everything the attention layers share within one forward."""
+
+    ctx: AttentionContext
+    rope: Rope3D
+    cos: torch.Tensor  # (B, 1, F*N, pairs) RoPE tables of this forward's frames
+    sin: torch.Tensor
+    key_time_mask: torch.Tensor  # (B, 1, F*N, 1): 0 for sink frames (no temporal position)
+    backend: AttentionBackend
+    mask: object  # ctx.mask in the backend's own form
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.heads, self.head_dim = cfg.heads, cfg.head_dim
+        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)
+        self.q_norm = RMSNorm(cfg.head_dim)
+        self.k_norm = RMSNorm(cfg.head_dim)
+        self.proj = nn.Linear(cfg.dim, cfg.dim)
+
+    def forward(self, x: torch.Tensor, layer: int, inp: AttentionInputs) -> torch.Tensor:
+        b, length, _ = x.shape  # (B, L=F*N, D)
+        qkv = self.qkv(x).reshape(b, length, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = self.q_norm(qkv[0]), self.k_norm(qkv[1]), qkv[2]  # (B, H, L, Dh)
+        q = inp.rope.apply(q, inp.cos, inp.sin)
+        k = inp.rope.apply(k, inp.cos, inp.sin, inp.key_time_mask)
+        keys, values = inp.ctx.append(layer, k, v)  # (B, H, K, Dh)
+        out = inp.backend(q, keys.to(q.dtype), values.to(q.dtype), inp.mask)  # (B, H, L, Dh)
+        return self.proj(out.transpose(1, 2).reshape(b, length, -1))
+
+
+class DiTBlock(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        hidden = int(cfg.dim * cfg.mlp_ratio)
+        self.norm1 = nn.LayerNorm(cfg.dim, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(cfg)
+        self.norm2 = nn.LayerNorm(cfg.dim, elementwise_affine=False, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(cfg.dim, hidden), nn.GELU(approximate="tanh"),
+                                 nn.Linear(hidden, cfg.dim))
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 6 * cfg.dim))
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, layer: int, inp: AttentionInputs) -> torch.Tensor:
+        b, f, n, d = x.shape  # (B, F, N, D)
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(cond).chunk(6, dim=-1)  # (B, F, D)
+        h = modulate(self.norm1(x), shift1, scale1).reshape(b, f * n, d)
+        h = self.attn(h, layer, inp).reshape(b, f, n, d)
+        x = x + gate1[:, :, None] * h
+        h = self.mlp(modulate(self.norm2(x), shift2, scale2))
+        return x + gate2[:, :, None] * h
+
+
+class DiT(nn.Module):
+    """forward(x, sigma, action, ctx) -> velocity, for the F frames in ``ctx``."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.patch_in = nn.Linear(cfg.patch_dim, cfg.dim)
+        self.sigma_embed = SigmaEmbedder(cfg.dim)
+        self.action_embed = nn.Linear(cfg.num_actions, cfg.dim)
+        self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.depth))
+        self.norm_out = nn.LayerNorm(cfg.dim, elementwise_affine=False, eps=1e-6)
+        self.ada_out = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 2 * cfg.dim))
+        self.patch_out = nn.Linear(cfg.dim, cfg.patch_dim)
+        self.rope = Rope3D(cfg.head_dim, cfg.grid, cfg.rope_theta, cfg.sink_frames)
+        self.backend: AttentionBackend = SDPAAttention()
+
+    def init_weights(self, generator: torch.Generator | None = None, std: float = 0.02,
+                     adaln_zero: bool = False) -> None:
+        """Normal(0, std) weights, zero biases. ``adaln_zero`` zeroes the modulation and output
+        layers (DiT's training init: every block starts as the identity). Tests use a large
+        ``std`` so that every frame in the window visibly changes the output."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=std, generator=generator)
+                nn.init.zeros_(module.bias)
+        if adaln_zero:
+            for block in self.blocks:
+                nn.init.zeros_(block.ada[1].weight)
+            for layer in (self.ada_out[1], self.patch_out):
+                nn.init.zeros_(layer.weight)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, action: torch.Tensor,
+                ctx: AttentionContext) -> torch.Tensor:
+        cfg = self.cfg
+        dtype = self.patch_in.weight.dtype
+        tokens = self.patch_in(patchify(x.to(dtype), cfg.patch_size))  # (B, F, N, D)
+        cond = self.sigma_embed(sigma) + self.action_embed(action.to(dtype))  # (B, F, D)
+        cos, sin, key_time_mask = self.rope.tables(ctx.frame_index)
+        mask = self.backend.prepare(ctx.mask)  # once per forward, shared by all layers
+        inp = AttentionInputs(ctx, self.rope, cos, sin, key_time_mask, self.backend, mask)
+        for layer, block in enumerate(self.blocks):
+            tokens = block(tokens, cond, layer, inp)
+        shift, scale = self.ada_out(cond).chunk(2, dim=-1)
+        out = self.patch_out(modulate(self.norm_out(tokens), shift, scale))  # (B, F, N, C*p*p)
+        return unpatchify(out, cfg.patch_size, cfg.latent_channels, cfg.latent_height,
+                          cfg.latent_width).float()
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())

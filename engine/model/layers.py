@@ -1,0 +1,109 @@
+"""Building blocks of the DiT: embedders, adaLN modulation, RMSNorm, 3-axis RoPE, patchify."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN: x (B, F, N, D), shift/scale (B, F, D), one per frame."""
+    return x * (1 + scale[:, :, None]) + shift[:, :, None]
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+class SigmaEmbedder(nn.Module):
+    """Noise level sigma in [0, 1] -> (.., D) via sinusoidal features and an MLP."""
+
+    def __init__(self, dim: int, freq_dim: int = 256) -> None:
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, sigma: torch.Tensor) -> torch.Tensor:
+        half = self.freq_dim // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=sigma.device) / half)
+        args = (sigma.float() * 1000.0)[..., None] * freqs  # (.., half)
+        feats = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+        return self.mlp(feats.to(self.mlp[0].weight.dtype))
+
+
+class Rope3D:
+    """Rotary embedding over (time, row, col). head_dim is split into pairs: time gets the rest
+    after rows and cols take a third each.
+
+    Spatial angles are fixed per token. Temporal angles come from each frame's absolute index
+    (computed in float64, so they stay exact over long rollouts); RoPE depends only on the
+    offset q - k, which the window bounds by W. Keys of sink frames (index < S) have their
+    temporal part zeroed: a sink has no temporal position, so offsets to it never grow.
+    """
+
+    def __init__(self, head_dim: int, grid: tuple[int, int], theta: float, sink_frames: int) -> None:
+        pairs = head_dim // 2
+        self.spatial_pairs = pairs // 3
+        self.time_pairs = pairs - 2 * self.spatial_pairs
+        self.sink_frames = sink_frames
+        self.theta = theta
+        rows, cols = grid
+        r = torch.arange(rows, dtype=torch.float64).repeat_interleave(cols)  # (N,)
+        c = torch.arange(cols, dtype=torch.float64).repeat(rows)
+        angles = torch.cat([r[:, None] * self._freqs(self.spatial_pairs),
+                            c[:, None] * self._freqs(self.spatial_pairs)], dim=-1)  # (N, 2*sp)
+        self.spatial_angles = angles
+
+    def _freqs(self, pairs: int) -> torch.Tensor:
+        return self.theta ** (-torch.arange(pairs, dtype=torch.float64) / max(pairs, 1))
+
+    def tables(self, frame_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """cos, sin: (B, 1, F*N, pairs) float32; key_time_mask: (B, 1, F*N, 1) (0 for sinks)."""
+        device = frame_index.device
+        b, f = frame_index.shape
+        spatial = self.spatial_angles.to(device)
+        n = spatial.shape[0]
+        t = frame_index.double()[:, :, None] * self._freqs(self.time_pairs).to(device)  # (B, F, tp)
+        angles = torch.cat([t[:, :, None, :].expand(b, f, n, -1),
+                            spatial.expand(b, f, n, -1)], dim=-1).reshape(b, 1, f * n, -1)
+        keep = (frame_index >= self.sink_frames)[:, :, None].expand(b, f, n).reshape(b, 1, f * n, 1)
+        return angles.cos().float(), angles.sin().float(), keep
+
+    def apply(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+              key_time_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, H, L, Dh). Rotates pairs (x[2i], x[2i+1]); zeroes sink time pairs if masked."""
+        shape = x.shape
+        xf = x.float().reshape(*shape[:-1], -1, 2)
+        x0, x1 = xf[..., 0], xf[..., 1]
+        out = torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1)
+        if key_time_mask is not None:
+            tp = self.time_pairs
+            out = torch.cat([out[..., :tp, :] * key_time_mask[..., None], out[..., tp:, :]], dim=-2)
+        return out.reshape(shape).to(x.dtype)
+
+
+def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
+    """(B, F, C, h, w) -> (B, F, rows*cols, C*p*p), zero-padding h and w up to multiples of p."""
+    b, f, c, h, w = x.shape
+    x = F.pad(x, (0, -w % p, 0, -h % p))
+    rows, cols = x.shape[-2] // p, x.shape[-1] // p
+    x = x.reshape(b, f, c, rows, p, cols, p).permute(0, 1, 3, 5, 2, 4, 6)
+    return x.reshape(b, f, rows * cols, c * p * p)
+
+
+def unpatchify(x: torch.Tensor, p: int, channels: int, height: int, width: int) -> torch.Tensor:
+    """(B, F, rows*cols, C*p*p) -> (B, F, C, height, width), cropping the padding."""
+    b, f = x.shape[:2]
+    rows, cols = -(-height // p), -(-width // p)
+    x = x.reshape(b, f, rows, cols, channels, p, p).permute(0, 1, 4, 2, 5, 3, 6)
+    x = x.reshape(b, f, channels, rows * p, cols * p)
+    return x[..., :height, :width]

@@ -1,0 +1,53 @@
+"""Runner: the model's weights on a device, its KV cache, and the forward that uses both.
+
+One runner can serve several rollouts (cache slots). ``forward`` is the hot step: it builds the
+cache context on the device (no host sync) and runs the model, compiled if asked. The runner
+never commits: the engine decides what becomes context.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from engine.cache import CacheShape, FullContext, KVCache
+from engine.config import EngineConfig
+from engine.model.dit import DiT
+from kernels.attention import get_backend
+
+
+class Runner:
+    def __init__(self, config: EngineConfig, model: DiT, *, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32, slots: int = 1, spare_frames: int = 2,
+                 attention: str = "auto", compile: bool = False) -> None:
+        self.config = config
+        self.device = torch.device(device)
+        self.dtype = dtype
+        m = config.model
+        self.model = model.to(self.device, dtype).eval().requires_grad_(False)
+        self.model.backend = get_backend(attention, self.device)
+        self.cache = KVCache(
+            CacheShape(layers=m.depth, slots=slots, heads=m.heads, head_dim=m.head_dim,
+                       tokens_per_frame=m.tokens_per_frame, sink_frames=m.sink_frames,
+                       window_frames=m.window_frames, spare_frames=spare_frames),
+            device=self.device, dtype=dtype)
+        # Compile only the step; shapes are static per frame count (1 and 2 in steady state).
+        self._model = torch.compile(self.model, dynamic=False) if compile else self.model
+
+    @property
+    def attention(self) -> str:
+        return self.model.backend.name
+
+    def forward(self, slot: int, x: torch.Tensor, sigma: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """Run F new frames of one slot against its cache; their K/V are appended, uncommitted.
+
+        x: (1, F, C, h, w), sigma: (1, F), action: (1, F, A) -> velocity (1, F, C, h, w).
+        """
+        ctx = self.cache.context(slot, x.shape[1])
+        return self._model(x, sigma, action, ctx)
+
+    def forward_full(self, x: torch.Tensor, sigma: torch.Tensor, action: torch.Tensor,
+                     frame_index: torch.Tensor) -> torch.Tensor:
+        """No cache: every frame of x (1, F, ...) is recomputed; frame_index (1, F) numbers them."""
+        m = self.config.model
+        ctx = FullContext(frame_index, m.tokens_per_frame, m.sink_frames, m.window_frames)
+        return self._model(x, sigma, action, ctx)
