@@ -114,10 +114,11 @@ def run_bench(args: BenchArgs) -> dict[str, Any]:
     else:
         engine = Engine.build(config, **opts)
     cached = _run(engine, warmup, args.frames, args.seed, "cached")
+    on_cuda = args.device.startswith("cuda")
     result: dict[str, Any] = {
         "preset": name,
         "device": args.device,
-        "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or platform.machine(),
+        "device_name": torch.cuda.get_device_name() if on_cuda else platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
         "dtype": args.dtype,
         "attention": engine.runner.attention,
@@ -145,7 +146,7 @@ def run_bench(args: BenchArgs) -> dict[str, Any]:
         result["recompute_ms_per_frame"] = slow["ms_per_frame"]
         result["cache_speedup"] = cached["fps"] / slow["fps"]
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    if args.device.startswith("cuda"):
+    if on_cuda:
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return result
 

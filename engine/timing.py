@@ -32,7 +32,7 @@ class StageTimer:
     def result(self) -> dict[str, float]:
         """Milliseconds per stage, plus "total"."""
         out: dict[str, float] = {}
-        for (_, a), (stage, b) in zip(self._marks, self._marks[1:]):
+        for (_, a), (stage, b) in zip(self._marks, self._marks[1:], strict=False):
             out[stage] = out.get(stage, 0.0) + self._elapsed_ms(a, b)
         out["total"] = self._elapsed_ms(self._marks[0][1], self._marks[-1][1])
         return out

@@ -160,7 +160,7 @@ def test_ten_thousand_frames_constant_memory_and_offsets(tiny: EngineConfig) -> 
     worst = {"offset": 0, "frames": 0}
     original = cache.context
 
-    def checked_context(slot: int, frames: int, batch: int = 1):  # noqa: ANN202
+    def checked_context(slot: int, frames: int, batch: int = 1):
         ctx = original(slot, frames, batch)
         n = m.tokens_per_frame
         frame_mask = ctx.mask[0, 0, ::n, ::n]  # (F, S+R) frames attended by each new frame

@@ -1,0 +1,37 @@
+"""The CLI: bench prints the documented JSON; planned commands say they are not there yet."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from app.cli import main
+
+REQUIRED = {"preset", "device", "frames", "steps", "fps", "ms_per_frame", "cache_speedup", "params", "peak_rss_mb"}
+
+
+def test_bench_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--preset", "tiny", "--frames", "6", "--steps", "2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert REQUIRED <= set(result)
+    assert result["preset"] == "tiny" and result["frames"] == 6 and result["steps"] == 2
+    assert {"model", "decode", "total"} <= set(result["ms_per_frame"])
+    assert result["fps"] > 0 and result["cache_speedup"] > 0 and result["params"] > 0
+
+
+def test_bench_table_and_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--preset", "tiny", "--frames", "3", "--no-recompute"]) == 0
+    out = capsys.readouterr().out
+    assert "FPS" in out and "cache speed-up" not in out
+    assert main(["bench", "--preset", "tiny", "--frames", "0"]) == 2
+    assert "--frames" in capsys.readouterr().err
+    assert main(["bench", "--model", "/nonexistent"]) == 2
+    assert "checkpoint folder not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["bench", "--preset", "huge"])
+
+
+def test_planned_commands_say_so(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["play"]) == 2
+    assert "not available yet" in capsys.readouterr().err
