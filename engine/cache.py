@@ -82,16 +82,16 @@ class CacheContext:
         self.cache = cache
         self.slots = slots
         self.frame_index = frame_index  # (B, F) absolute frame number of each new frame
-        self.write_index = write_index  # (B, 1, F*N, 1) token row in the buffer of each new token
+        self.write_index = write_index  # (B, F*N) buffer row of each new token
         self.mask = mask  # (B, 1, F*N, (S+R)*N) bool
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write this forward's K/V (B, H, F*N, Dh) for ``layer``; return the slots' full K/V."""
         k_buf = self.cache.k[layer][self.slots]  # (B, H, (S+R)*N, Dh), a view
         v_buf = self.cache.v[layer][self.slots]
-        index = self.write_index.expand(-1, k.shape[1], -1, k.shape[3])
-        k_buf.scatter_(2, index, k.to(k_buf.dtype))
-        v_buf.scatter_(2, index, v.to(v_buf.dtype))
+        for b in range(k.shape[0]):  # index_copy_ is several times faster than a batched scatter_
+            k_buf[b].index_copy_(1, self.write_index[b], k[b].to(k_buf.dtype))
+            v_buf[b].index_copy_(1, self.write_index[b], v[b].to(v_buf.dtype))
         return k_buf, v_buf
 
 
@@ -209,7 +209,7 @@ class KVCache:
 
         buffer_frame = torch.where(new < s, new, s + torch.remainder(new - s, r))  # (B, F)
         rows = buffer_frame[:, :, None] * n + self._token_offsets  # (B, F, N)
-        write_index = rows.reshape(batch, 1, frames * n, 1)
+        write_index = rows.reshape(batch, frames * n)
         return CacheContext(self, sl, new, write_index, mask)
 
 

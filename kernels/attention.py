@@ -22,8 +22,8 @@ import torch.nn.functional as F
 class AttentionBackend(Protocol):
     name: str
 
-    def prepare(self, mask: torch.Tensor) -> Any:
-        """Convert a (B, 1, Q, K) bool mask to this backend's mask object."""
+    def prepare(self, mask: torch.Tensor, dtype: torch.dtype) -> Any:
+        """Convert a (B, 1, Q, K) bool mask to this backend's mask object for q/k/v of ``dtype``."""
         ...
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any) -> torch.Tensor:
@@ -35,7 +35,7 @@ class ReferenceAttention:
 
     name = "reference"
 
-    def prepare(self, mask: torch.Tensor) -> torch.Tensor:
+    def prepare(self, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         return mask
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -49,8 +49,9 @@ class SDPAAttention:
 
     name = "sdpa"
 
-    def prepare(self, mask: torch.Tensor) -> torch.Tensor:
-        return mask
+    def prepare(self, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        # An additive mask made once per forward saves every layer converting the bool mask.
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
@@ -72,7 +73,7 @@ class FlexAttention:
         self._compile = compile
         self._kernel: Any = None
 
-    def prepare(self, mask: torch.Tensor) -> Any:
+    def prepare(self, mask: torch.Tensor, dtype: torch.dtype) -> Any:
         b, _, q_len, kv_len = mask.shape
 
         def mask_mod(b_: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
@@ -99,20 +100,15 @@ class XFormersAttention:
 
         self._xops = xops
 
-    def prepare(self, mask: torch.Tensor) -> dict[torch.dtype, torch.Tensor]:
-        return {torch.bool: mask}  # biases are built per dtype on first use, then shared by layers
+    def prepare(self, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        b, _, q_len, kv_len = mask.shape
+        # xformers wants the bias' last dim padded to a multiple of 8 in memory: slice a view.
+        padded = -(-kv_len // 8) * 8
+        bias = torch.zeros(b, 1, q_len, padded, device=mask.device, dtype=dtype)[..., :kv_len]
+        return bias.masked_fill_(~mask, float("-inf"))
 
-    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                 mask: dict[torch.dtype, torch.Tensor]) -> torch.Tensor:
-        if q.dtype not in mask:
-            bool_mask = mask[torch.bool]
-            b, _, q_len, kv_len = bool_mask.shape
-            # xformers wants the bias' last dim padded to a multiple of 8 in memory: slice a view.
-            padded = -(-kv_len // 8) * 8
-            bias = torch.zeros(b, 1, q_len, padded, device=q.device, dtype=q.dtype)[..., :kv_len]
-            bias.masked_fill_(~bool_mask, float("-inf"))
-            mask[q.dtype] = bias
-        bias = mask[q.dtype].expand(-1, q.shape[1], -1, -1)
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        bias = mask.expand(-1, q.shape[1], -1, -1)
         # xformers layout is (B, M, H, Dh).
         out = self._xops.memory_efficient_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_bias=bias)

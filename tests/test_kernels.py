@@ -28,7 +28,7 @@ def _case(device: str, dtype: torch.dtype, frames: int = 2) -> tuple[torch.Tenso
 def _check(name: str, device: str, dtype: torch.dtype, atol: float) -> None:
     q, k, v, mask = _case(device, dtype)
     backend = get_backend(name, device)
-    out = backend(q, k, v, backend.prepare(mask))
+    out = backend(q, k, v, backend.prepare(mask, q.dtype))
     ref = ReferenceAttention()(q, k, v, mask)
     assert out.shape == ref.shape and out.dtype == q.dtype
     torch.testing.assert_close(out.float(), ref.float(), atol=atol, rtol=0)

@@ -34,10 +34,10 @@ class AttentionInputs:
     """Everything the attention layers share within one forward."""
 
     ctx: AttentionContext
-    rope: Rope3D
-    cos: torch.Tensor  # (B, 1, F*N, pairs) RoPE tables of this forward's frames
-    sin: torch.Tensor
-    key_time_mask: torch.Tensor  # (B, 1, F*N, 1): 0 for sink frames (no temporal position)
+    cos_q: torch.Tensor  # (B, 1, F*N, pairs) RoPE tables of this forward's frames
+    sin_q: torch.Tensor
+    cos_k: torch.Tensor  # the same, with sink frames' temporal pairs zeroed (no time position)
+    sin_k: torch.Tensor
     backend: AttentionBackend
     mask: object  # ctx.mask in the backend's own form
 
@@ -55,8 +55,8 @@ class Attention(nn.Module):
         b, length, _ = x.shape  # (B, L=F*N, D)
         qkv = self.qkv(x).reshape(b, length, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = self.q_norm(qkv[0]), self.k_norm(qkv[1]), qkv[2]  # (B, H, L, Dh)
-        q = inp.rope.apply(q, inp.cos, inp.sin)
-        k = inp.rope.apply(k, inp.cos, inp.sin, inp.key_time_mask)
+        q = Rope3D.apply(q, inp.cos_q, inp.sin_q)
+        k = Rope3D.apply(k, inp.cos_k, inp.sin_k)
         keys, values = inp.ctx.append(layer, k, v)  # (B, H, K, Dh)
         out = inp.backend(q, keys.to(q.dtype), values.to(q.dtype), inp.mask)  # (B, H, L, Dh)
         return self.proj(out.transpose(1, 2).reshape(b, length, -1))
@@ -120,9 +120,9 @@ class DiT(nn.Module):
         dtype = self.patch_in.weight.dtype
         tokens = self.patch_in(patchify(x.to(dtype), cfg.patch_size))  # (B, F, N, D)
         cond = self.sigma_embed(sigma) + self.action_embed(action.to(dtype))  # (B, F, D)
-        cos, sin, key_time_mask = self.rope.tables(ctx.frame_index)
-        mask = self.backend.prepare(ctx.mask)  # once per forward, shared by all layers
-        inp = AttentionInputs(ctx, self.rope, cos, sin, key_time_mask, self.backend, mask)
+        cos_q, sin_q, cos_k, sin_k = self.rope.tables(ctx.frame_index)
+        mask = self.backend.prepare(ctx.mask, dtype)  # once per forward, shared by all layers
+        inp = AttentionInputs(ctx, cos_q, sin_q, cos_k, sin_k, self.backend, mask)
         for layer, block in enumerate(self.blocks):
             tokens = block(tokens, cond, layer, inp)
         shift, scale = self.ada_out(cond).chunk(2, dim=-1)

@@ -66,8 +66,9 @@ class Rope3D:
     def _freqs(self, pairs: int) -> torch.Tensor:
         return self.theta ** (-torch.arange(pairs, dtype=torch.float64) / max(pairs, 1))
 
-    def tables(self, frame_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """cos, sin: (B, 1, F*N, pairs) float32; key_time_mask: (B, 1, F*N, 1) (0 for sinks)."""
+    def tables(self, frame_index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(cos_q, sin_q, cos_k, sin_k), each (B, 1, F*N, pairs) float32. The key tables are
+        the query tables with the temporal pairs of sink frames zeroed."""
         device = frame_index.device
         b, f = frame_index.shape
         spatial = self.spatial_angles.to(device)
@@ -75,20 +76,20 @@ class Rope3D:
         t = frame_index.double()[:, :, None] * self._freqs(self.time_pairs).to(device)  # (B, F, tp)
         angles = torch.cat([t[:, :, None, :].expand(b, f, n, -1),
                             spatial.expand(b, f, n, -1)], dim=-1).reshape(b, 1, f * n, -1)
-        keep = (frame_index >= self.sink_frames)[:, :, None].expand(b, f, n).reshape(b, 1, f * n, 1)
-        return angles.cos().float(), angles.sin().float(), keep
+        cos, sin = angles.cos().float(), angles.sin().float()
+        keep = torch.ones(b, f, 1, cos.shape[-1], device=device)
+        keep[..., : self.time_pairs] = (frame_index >= self.sink_frames)[:, :, None, None].float()
+        keep = keep.expand(b, f, n, -1).reshape(b, 1, f * n, -1)
+        return cos, sin, cos * keep, sin * keep
 
-    def apply(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-              key_time_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, H, L, Dh). Rotates pairs (x[2i], x[2i+1]); zeroes sink time pairs if masked."""
-        shape = x.shape
-        xf = x.float().reshape(*shape[:-1], -1, 2)
+    @staticmethod
+    def apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """x: (B, H, L, Dh). Rotates each pair (x[2i], x[2i+1]) by the table's angle (pairs whose
+        table entries are zero come out zero)."""
+        xf = x.float().unflatten(-1, (-1, 2))  # (B, H, L, pairs, 2)
         x0, x1 = xf[..., 0], xf[..., 1]
         out = torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1)
-        if key_time_mask is not None:
-            tp = self.time_pairs
-            out = torch.cat([out[..., :tp, :] * key_time_mask[..., None], out[..., tp:, :]], dim=-2)
-        return out.reshape(shape).to(x.dtype)
+        return out.flatten(-2).to(x.dtype)
 
 
 def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
