@@ -196,3 +196,24 @@ def _held(n: int) -> list:
     from tests.conftest import action_script
 
     return [action_script(64)[(i // 7) % 64] for i in range(n)]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cached_step_never_syncs_with_the_host(tiny: EngineConfig) -> None:
+    """The hot step (context + forward + commit + rollback) must run with CUDA's sync debug
+    mode set to error: no .item(), no device-to-host copy, nothing that waits for the GPU."""
+    from engine.runner import Runner
+
+    runner = Runner(tiny, make_model(tiny), device="cuda", attention="sdpa")
+    x, sigma, action = (t.cuda() for t in _inputs(tiny, 2))
+    runner.forward(0, x[:, :1], sigma[:, :1], action[:, :1])  # first call: lazy init outside
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(8):
+            runner.forward(0, x, sigma, action)
+            runner.cache.commit(0, 1)
+        runner.cache.rollback(0, 1)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

@@ -61,7 +61,14 @@ class Rope3D:
         c = torch.arange(cols, dtype=torch.float64).repeat(rows)
         angles = torch.cat([r[:, None] * self._freqs(self.spatial_pairs),
                             c[:, None] * self._freqs(self.spatial_pairs)], dim=-1)  # (N, 2*sp)
-        self.spatial_angles = angles
+        self._host = (angles, self._freqs(self.time_pairs))
+        self._device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(spatial angles, temporal freqs) on ``device``, copied once (not in every step)."""
+        if device not in self._device:
+            self._device[device] = (self._host[0].to(device), self._host[1].to(device))
+        return self._device[device]
 
     def _freqs(self, pairs: int) -> torch.Tensor:
         return self.theta ** (-torch.arange(pairs, dtype=torch.float64) / max(pairs, 1))
@@ -71,9 +78,9 @@ class Rope3D:
         the query tables with the temporal pairs of sink frames zeroed."""
         device = frame_index.device
         b, f = frame_index.shape
-        spatial = self.spatial_angles.to(device)
+        spatial, time_freqs = self._on(device)
         n = spatial.shape[0]
-        t = frame_index.double()[:, :, None] * self._freqs(self.time_pairs).to(device)  # (B, F, tp)
+        t = frame_index.double()[:, :, None] * time_freqs  # (B, F, tp)
         angles = torch.cat([t[:, :, None, :].expand(b, f, n, -1),
                             spatial.expand(b, f, n, -1)], dim=-1).reshape(b, 1, f * n, -1)
         cos, sin = angles.cos().float(), angles.sin().float()
