@@ -4,7 +4,7 @@
 # at build time if you do not want the CUDA build.
 FROM python:3.11-slim
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY app app
 COPY engine engine
 COPY kernels kernels
