@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -78,17 +79,17 @@ class Engine:
         return cls(runner, StandInDecoder(config, device=device), recompute=recompute)
 
     @classmethod
-    def from_preset(cls, name: str, **kwargs: object) -> Engine:
+    def from_preset(cls, name: str, **kwargs: Any) -> Engine:
         """Random weights in the shape of preset ``name`` (see ``build`` for options)."""
-        return cls.build(get_preset(name), **kwargs)  # type: ignore[arg-type]
+        return cls.build(get_preset(name), **kwargs)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, **kwargs: object) -> Engine:
+    def from_checkpoint(cls, path: str | Path, **kwargs: Any) -> Engine:
         """Weights and config from a checkpoint folder (validated; see engine.checkpoint)."""
         config, _ = load_config(path)
         model = DiT(config.model)
         model.load_state_dict(load_weights(path, model.state_dict()))
-        return cls.build(config, model, **kwargs)  # type: ignore[arg-type]
+        return cls.build(config, model, **kwargs)
 
     # ------------------------------------------------------------------ the loop
     @property

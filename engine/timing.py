@@ -15,29 +15,30 @@ import torch
 class StageTimer:
     def __init__(self, device: torch.device) -> None:
         self.cuda = device.type == "cuda"
-        self._marks: list[tuple[str, object]] = []
+        self._stages: list[str] = []
+        self._events: list[torch.cuda.Event] = []  # CUDA
+        self._times: list[float] = []  # CPU
         self.mark("start")
-
-    def _now(self) -> object:
-        if self.cuda:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            return event
-        return time.perf_counter()
 
     def mark(self, stage: str) -> None:
         """End of ``stage`` (the first mark, "start", begins the clock)."""
-        self._marks.append((stage, self._now()))
+        self._stages.append(stage)
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self._events.append(event)
+        else:
+            self._times.append(time.perf_counter())
 
     def result(self) -> dict[str, float]:
-        """Milliseconds per stage, plus "total"."""
+        """Milliseconds per stage (a stage marked twice adds up), plus "total"."""
         out: dict[str, float] = {}
-        for (_, a), (stage, b) in zip(self._marks, self._marks[1:], strict=False):
-            out[stage] = out.get(stage, 0.0) + self._elapsed_ms(a, b)
-        out["total"] = self._elapsed_ms(self._marks[0][1], self._marks[-1][1])
+        for i, stage in enumerate(self._stages[1:], start=1):
+            out[stage] = out.get(stage, 0.0) + self._ms(i - 1, i)
+        out["total"] = self._ms(0, len(self._stages) - 1)
         return out
 
-    def _elapsed_ms(self, a: object, b: object) -> float:
+    def _ms(self, i: int, j: int) -> float:
         if self.cuda:
-            return float(a.elapsed_time(b))  # type: ignore[attr-defined]
-        return (float(b) - float(a)) * 1000.0  # type: ignore[arg-type]
+            return float(self._events[i].elapsed_time(self._events[j]))
+        return (self._times[j] - self._times[i]) * 1000.0

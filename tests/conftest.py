@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -29,8 +31,8 @@ def make_model(config: EngineConfig, seed: int = 0, std: float = TEST_STD) -> Di
     return model.eval()
 
 
-def make_engine(config: EngineConfig, seed: int = 0, **kwargs: object) -> Engine:
-    return Engine.build(config, make_model(config, seed), **kwargs)  # type: ignore[arg-type]
+def make_engine(config: EngineConfig, seed: int = 0, **kwargs: Any) -> Engine:
+    return Engine.build(config, make_model(config, seed), **kwargs)
 
 
 def action_script(n: int) -> list[Action]:
