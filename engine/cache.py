@@ -14,9 +14,9 @@ every query's window, so ``commit`` only advances a length and ``rollback`` only
 Frame f lives in buffer frame ``f`` if f < S, else ``S + (f - S) % R``.
 
 State: ``lengths`` (committed frames per slot) lives on the device and is what the step reads,
-so the step has no host sync. The host keeps plain-int mirrors (``_lengths`` and ``_floor``,
-the oldest ring frame not yet overwritten) that it knows without reading the device, only to
-validate ``commit``/``rollback`` arguments with clear errors.
+so the step has no host sync. The host keeps plain ints that it knows without reading the
+device (``_lengths``; ``_appended``, frames written but not committed; ``_floor``, the oldest
+ring frame not yet overwritten), only to validate ``commit``/``rollback`` with clear errors.
 """
 
 from __future__ import annotations
@@ -112,6 +112,7 @@ class KVCache:
         self.v = [torch.zeros(dims, device=self.device, dtype=dtype) for _ in range(shape.layers)]
         self.lengths = torch.zeros(shape.slots, dtype=torch.long, device=self.device)
         self._lengths = [0] * shape.slots
+        self._appended = [0] * shape.slots
         self._floor = [0] * shape.slots
         s, r, n = shape.sink_frames, shape.ring_frames, shape.tokens_per_frame
         self._token_offsets = torch.arange(n, device=self.device)
@@ -133,15 +134,18 @@ class KVCache:
         self._check_slot(slot)
         self.lengths[slot] = 0
         self._lengths[slot] = 0
+        self._appended[slot] = 0
         self._floor[slot] = 0
 
     def commit(self, slot: int, n: int) -> None:
         """Make the first ``n`` frames appended by the last forward part of the context."""
         self._check_slot(slot)
-        if not 0 <= n <= self.shape.spare_frames:
-            raise ValueError(f"commit: n={n} outside [0, {self.shape.spare_frames}]")
+        if not 0 <= n <= self._appended[slot]:
+            raise ValueError(f"commit: n={n}, but only {self._appended[slot]} appended frame(s) "
+                             f"in slot {slot} are not yet committed")
         self.lengths[slot] += n
         self._lengths[slot] += n
+        self._appended[slot] -= n
 
     def restorable(self, slot: int) -> int:
         """How many committed frames ``rollback`` can remove from ``slot`` exactly."""
@@ -162,6 +166,7 @@ class KVCache:
                              f"{limit} are restorable (spare_frames={self.shape.spare_frames})")
         self.lengths[slot] -= n
         self._lengths[slot] -= n
+        self._appended[slot] = 0
 
     def fork(self, src: int, dst: int) -> None:
         """Copy rollout ``src`` into slot ``dst``; afterwards the two evolve independently."""
@@ -173,6 +178,7 @@ class KVCache:
             buf[dst].copy_(buf[src])
         self.lengths[dst] = self.lengths[src]
         self._lengths[dst] = self._lengths[src]
+        self._appended[dst] = self._appended[src]
         self._floor[dst] = self._floor[src]
 
     def memory_bytes(self) -> int:
@@ -191,6 +197,7 @@ class KVCache:
         if batch < 1 or slot < 0 or slot + batch > self.shape.slots:
             raise IndexError(f"slots [{slot}, {slot + batch}) out of range [0, {self.shape.slots})")
         for s in range(slot, slot + batch):
+            self._appended[s] = frames
             self._floor[s] = max(self._floor[s], self._lengths[s] + frames - self._r)
         sl = slice(slot, slot + batch)
         s, r, w, n = self._s, self._r, self._w, self._n

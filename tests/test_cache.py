@@ -119,6 +119,12 @@ def test_rollback_beyond_restorable_is_refused(tiny: EngineConfig) -> None:
         cache.rollback(0, 1)
     with pytest.raises(ValueError, match="outside"):
         cache.context(0, 3)  # more frames at once than spare slots
+    with pytest.raises(ValueError, match="only 0 appended"):
+        cache.commit(0, 1)  # nothing written since the rollback
+    cache.context(0, 2)
+    cache.commit(0, 1)
+    with pytest.raises(ValueError, match="only 1 appended"):
+        cache.commit(0, 2)
     with pytest.raises(IndexError):
         cache.reset(5)
 
