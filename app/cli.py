@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from engine.checkpoint import CheckpointError
 from engine.config import PRESETS, ConfigError
@@ -14,10 +15,9 @@ from engine.config import PRESETS, ConfigError
 PLANNED = {
     "play": "serve the model in the browser (websocket + Gradio page)",
     "record": "record a rollout to MP4",
-    "collect": "collect ViZDoom training data",
     "train": "train the tokenizer, teacher and student",
-    "eval": "evaluate a model on an eval suite",
 }
+DEFAULT_SUITE = "assets/eval/doom-minute.json"
 
 
 def _bench_parser(sub: argparse._SubParsersAction) -> None:
@@ -43,10 +43,64 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
+def _maps(text: str) -> tuple[str, ...]:
+    maps = tuple(m.strip().upper() for m in text.split(",") if m.strip())
+    if not maps:
+        raise argparse.ArgumentTypeError("expected a comma-separated list such as MAP01,MAP02")
+    return maps
+
+
+def _world_parsers(sub: argparse._SubParsersAction) -> None:
+    from app.collect import DEFAULT_MAPS
+
+    p = sub.add_parser("collect", help="play Doom with an exploration policy and write training shards",
+                       description="Collect training data: one compressed .npz shard per episode, listed "
+                       "in DIR/index.jsonl. Rerunning with the same arguments resumes.")
+    p.add_argument("--episodes", type=int, required=True)
+    p.add_argument("--seconds", type=float, required=True, help="length of each episode")
+    p.add_argument("--seed", type=int, required=True, help="run seed; episode i uses game seed seed*100000+i")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--maps", type=_maps, default=DEFAULT_MAPS, help="default: MAP01..MAP08")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--skill", type=int, default=3)
+    p.add_argument("--wad", default="freedoom2", choices=["freedoom2", "freedoom1"])
+    p.add_argument("--json", action="store_true", help="print the stats as JSON")
+
+    p = sub.add_parser("replay", help="render an eval episode's ground truth to MP4")
+    p.add_argument("suite", nargs="?", default=DEFAULT_SUITE)
+    p.add_argument("--episode", type=int, required=True, help="episode number (0-based)")
+    p.add_argument("--out", required=True, metavar="FILE.mp4")
+
+    p = sub.add_parser("eval", help="score a predictor on an eval suite (PSNR/SSIM at 1-60 s)",
+                       description="Open-loop rollouts from ground-truth context with ground-truth "
+                       "actions; PSNR and SSIM per frame, at horizons 1, 5, 10, 30, 60 s.")
+    p.add_argument("--suite", default=DEFAULT_SUITE)
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--predictor", help="baseline: copy-last | mean-frame")
+    who.add_argument("--model", metavar="PATH", help="checkpoint folder")
+    who.add_argument("--preset", choices=sorted(PRESETS), help="random weights (plumbing check)")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--episodes", type=int, default=None, help="first N episodes (default: all)")
+    p.add_argument("--seconds", type=float, default=None, help="score the first S seconds (default: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    p = sub.add_parser("make-suite", help="build an eval suite file (held-out seeds; maintainers)")
+    p.add_argument("--out", default=DEFAULT_SUITE)
+    p.add_argument("--maps", type=_maps, default=tuple(f"MAP{i:02d}" for i in range(1, 11)))
+    p.add_argument("--unseen-maps", type=_maps, default=("MAP09", "MAP10"),
+                   help="maps not in the default training maps (labelled split=unseen-map)")
+    p.add_argument("--seconds", type=float, default=60.0)
+    p.add_argument("--context-frames", type=int, default=16)
+    p.add_argument("--skill", type=int, default=3)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="worldstream", description="An interactive, streaming world model of Doom.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _bench_parser(sub)
+    _world_parsers(sub)
     for name, what in PLANNED.items():
         sub.add_parser(name, help=f"{what} (not available yet)", add_help=False)
     return parser
@@ -57,23 +111,86 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     if args.command in PLANNED:
         print(f"worldstream {args.command}: not available yet ({PLANNED[args.command]}); "
-              "it is planned in the issue tracker. Available now: worldstream bench.", file=sys.stderr)
+              f"it is planned in the issue tracker. Available now: {', '.join(COMMANDS)}.", file=sys.stderr)
         return 2
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    if args.command == "bench":
-        from app.bench import BenchArgs, format_table, run_bench
+    try:
+        return COMMANDS[args.command](args)
+    except (ValueError, ConfigError, CheckpointError, RuntimeError) as e:
+        print(f"worldstream {args.command}: {e}", file=sys.stderr)
+        return 2
 
-        fields = {k: v for k, v in vars(args).items() if k not in ("command", "json")}
-        try:
-            result = run_bench(BenchArgs(**fields))
-        except (ValueError, ConfigError, CheckpointError) as e:
-            print(f"worldstream bench: {e}", file=sys.stderr)
-            return 2
-        print(json.dumps(result, indent=2) if args.json else format_table(result))
-        return 0
-    parser.error(f"unknown command {args.command}")
-    return 2
+
+def _fields(args: argparse.Namespace) -> dict:
+    return {k: v for k, v in vars(args).items() if k not in ("command", "json")}
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from app.bench import BenchArgs, format_table, run_bench
+
+    result = run_bench(BenchArgs(**_fields(args)))
+    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    return 0
+
+
+def _collect(args: argparse.Namespace) -> int:
+    from app.collect import CollectArgs, run_collect
+
+    stats = run_collect(CollectArgs(**_fields(args)))
+    if args.json:
+        print(json.dumps(stats, indent=2))
+    else:
+        run = stats["this_run"]
+        print(f"{stats['episodes']} episodes, {stats['frames']} frames ({stats['hours_of_gameplay'] * 60:.1f} min "
+              f"of play), {stats['bytes'] / 2**20:.1f} MiB ({stats['bytes_per_hour'] / 2**20:.0f} MiB per hour); "
+              f"this run {run['frames']} frames at {run['frames_per_second']:.0f} frames/s; "
+              f"stuck {100 * stats['stuck_share']:.1f}% of frames. Details: {args.out}/stats.json")
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from app.video import write_mp4
+    from engine.world.suite import load_suite
+
+    suite = load_suite(args.suite)
+    if not 0 <= args.episode < len(suite.episodes):
+        raise ValueError(f"--episode must be in 0..{len(suite.episodes) - 1}")
+    ep = suite.episodes[args.episode]
+    frames = ep.render()
+    write_mp4(args.out, frames, suite.fps)
+    print(f"{args.out}: {ep.name}, {len(frames)} frames at {suite.fps} FPS (checksum verified)")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from app.eval import EvalArgs, run_eval
+
+    summary = run_eval(EvalArgs(**_fields(args)))
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print((Path(args.out) / "summary.md").read_text())
+    return 0
+
+
+def _make_suite(args: argparse.Namespace) -> int:
+    from app.collect import EVAL_SEED_BASE
+    from engine.world.doom import FPS, DoomSpec
+    from engine.world.suite import EvalSuite, make_episode
+
+    episodes = []
+    for i, m in enumerate(args.maps, start=1):
+        split = "unseen-map" if m in args.unseen_maps else "held-out-seed"
+        spec = DoomSpec("freedoom2", m, args.skill, EVAL_SEED_BASE + 1000 * i)
+        episodes.append(make_episode(f"{m.lower()}-{split}", split, spec, args.seconds, args.context_frames))
+        print(f"{episodes[-1].name}: seed {episodes[-1].seed}", file=sys.stderr)
+    Path(args.out).write_text(EvalSuite(Path(args.out).stem, FPS, tuple(episodes)).to_json())
+    print(f"{args.out}: {len(episodes)} episodes")
+    return 0
+
+
+COMMANDS = {"bench": _bench, "collect": _collect, "replay": _replay, "eval": _eval, "make-suite": _make_suite}
 
 
 if __name__ == "__main__":

@@ -1,0 +1,144 @@
+"""Eval suite, ground-truth replay, metrics and `worldstream eval`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from app.cli import DEFAULT_SUITE, main
+from app.collect import DEFAULT_MAPS, EVAL_SEED_BASE
+from engine.action import Action
+from engine.world.metrics import PSNR_CAP, psnr, ssim
+from engine.world.suite import SuiteError, decode_actions, encode_actions, load_suite
+
+
+def test_shipped_suite_is_held_out_and_renders_exactly() -> None:
+    suite = load_suite(DEFAULT_SUITE)
+    assert len(suite.episodes) >= 8
+    for ep in suite.episodes:
+        assert ep.seed >= EVAL_SEED_BASE  # never a training seed
+        assert (ep.frames - ep.context_frames) / suite.fps >= 60  # a full minute to predict
+        assert (ep.map in DEFAULT_MAPS) == (ep.split == "held-out-seed")
+    frames = suite.episodes[0].render()  # verifies the sha256 of every frame
+    assert frames.shape == (suite.episodes[0].frames, 120, 160, 3)
+
+
+def test_every_suite_episode_verifies() -> None:
+    for ep in load_suite(DEFAULT_SUITE).episodes[1:]:
+        ep.render()
+
+
+def test_action_rle_roundtrip() -> None:
+    acts = [Action.of("forward")] * 3 + [Action()] + [Action.of("turn_left", "attack")] * 2
+    runs = encode_actions(acts)
+    assert runs == [[1, 3], [0, 1], [16 + 64, 2]]
+    assert decode_actions(runs) == acts
+    with pytest.raises(SuiteError, match="bad action run"):
+        decode_actions([[256, 1]])
+
+
+def test_bad_suites(tmp_path: Path) -> None:
+    with pytest.raises(SuiteError, match="not found"):
+        load_suite(tmp_path / "none.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    with pytest.raises(SuiteError, match="not valid JSON"):
+        load_suite(bad)
+    doc = json.loads(Path(DEFAULT_SUITE).read_text())
+    doc["episodes"] = doc["episodes"][:1]
+    doc["episodes"][0]["sha256"] = "0" * 64
+    bad.write_text(json.dumps(doc))
+    with pytest.raises(SuiteError, match="does not match its checksum"):
+        load_suite(bad).episodes[0].render()
+    doc["episodes"][0]["frames"] += 1
+    bad.write_text(json.dumps(doc))
+    with pytest.raises(SuiteError, match="do not fit together"):
+        load_suite(bad)
+
+
+def test_metrics() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (3, 120, 160, 3), dtype=np.uint8)
+    assert np.all(psnr(a, a) == PSNR_CAP)
+    assert np.allclose(ssim(a, a), 1.0, atol=1e-6)
+    b = np.clip(a.astype(int) + 10, 0, 255).astype(np.uint8)
+    mse = ((a.astype(float) - b) ** 2).reshape(3, -1).mean(1)
+    assert np.allclose(psnr(a, b), 10 * np.log10(255**2 / mse))
+    noisy = np.clip(a.astype(int) + rng.normal(0, 40, a.shape), 0, 255).astype(np.uint8)
+    assert np.all(ssim(a, noisy) < ssim(a, b)) and np.all(psnr(a, noisy) < psnr(a, b))
+    with pytest.raises(ValueError):
+        psnr(a, a[:2])
+
+
+def test_replay_writes_a_playable_mp4(tmp_path: Path) -> None:
+    out = tmp_path / "gt.mp4"
+    assert main(["replay", DEFAULT_SUITE, "--episode", "1", "--out", str(out)]) == 0
+    with av.open(str(out)) as container:
+        stream = container.streams.video[0]
+        size, rate = (stream.width, stream.height), float(stream.average_rate)
+        frames = list(container.decode(video=0))
+    assert len(frames) == load_suite(DEFAULT_SUITE).episodes[1].frames
+    assert size == (160, 120) and rate == 17.5
+    assert main(["replay", "--episode", "99", "--out", str(out)]) == 2
+
+
+def test_eval_baseline_outputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["eval", "--predictor", "copy-last", "--episodes", "2", "--seconds", "5.5", "--out", str(tmp_path), "--json"]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["ok"] == 2 and summary["failed"] == []
+    mean = summary["mean"]["all"]
+    assert mean["psnr@1s"] > 5 and mean["psnr@5s"] > 5 and mean["psnr@10s"] is None
+    rows = [json.loads(line) for line in (tmp_path / "episodes.jsonl").read_text().splitlines()]
+    assert len(rows[0]["psnr_curve"]) == round(5.5 * 17.5)
+    for name in ("episodes.csv", "summary.md", "summary.json", "psnr.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert "| all | 2 |" in (tmp_path / "summary.md").read_text()
+    # A rerun resumes: the scored rows are kept as they were.
+    assert main(args) == 0
+    again = [json.loads(line) for line in (tmp_path / "episodes.jsonl").read_text().splitlines()]
+    assert [r["predict_fps"] for r in again] == [r["predict_fps"] for r in rows]
+
+
+def test_eval_keeps_going_past_a_failing_episode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import app.eval as ev
+    from app.predictors import CopyLast
+
+    class Flaky(CopyLast):
+        name = "flaky"
+        calls = 0
+
+        def reset(self, seed: int, context: np.ndarray, context_actions: list[Action]) -> None:
+            Flaky.calls += 1
+            if Flaky.calls == 2:
+                raise RuntimeError("boom")
+            super().reset(seed, context, context_actions)
+
+    monkeypatch.setattr(ev, "make_predictor", lambda args: Flaky())
+    summary = ev.run_eval(ev.EvalArgs(suite=DEFAULT_SUITE, out=str(tmp_path), predictor="copy-last",
+                                      episodes=3, seconds=1.0))
+    assert summary["ok"] == 2 and len(summary["failed"]) == 1
+    rows = [json.loads(line) for line in (tmp_path / "episodes.jsonl").read_text().splitlines()]
+    assert rows[1]["status"] == "failed" and "boom" in rows[1]["error"]
+
+
+def test_eval_runs_an_engine_predictor(tmp_path: Path) -> None:
+    """Any engine works as a predictor (random weights here: plumbing, not quality)."""
+    from app.eval import EvalArgs, run_eval
+
+    summary = run_eval(EvalArgs(suite=DEFAULT_SUITE, out=str(tmp_path), preset="small", episodes=1, seconds=1.0))
+    assert summary["ok"] == 1 and summary["mean"]["all"]["psnr@1s"] is not None
+
+
+def test_eval_argument_errors(tmp_path: Path) -> None:
+    from app.eval import EvalArgs
+
+    with pytest.raises(ValueError, match="exactly one"):
+        EvalArgs(suite=DEFAULT_SUITE, out=str(tmp_path))
+    with pytest.raises(ValueError, match="--predictor must be"):
+        EvalArgs(suite=DEFAULT_SUITE, out=str(tmp_path), predictor="oracle")
+    assert main(["eval", "--predictor", "copy-last", "--suite", str(tmp_path / "x.json"), "--out", str(tmp_path)]) == 2
