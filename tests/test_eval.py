@@ -126,12 +126,18 @@ def test_eval_keeps_going_past_a_failing_episode(tmp_path: Path, monkeypatch: py
     assert rows[1]["status"] == "failed" and "boom" in rows[1]["error"]
 
 
-def test_eval_runs_an_engine_predictor(tmp_path: Path) -> None:
-    """Any engine works as a predictor (random weights here: plumbing, not quality)."""
-    from app.eval import EvalArgs, run_eval
+def test_eval_runs_a_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--model PATH`: any engine checkpoint is a predictor (random weights: plumbing, not quality)."""
+    from engine.checkpoint import save_checkpoint
+    from engine.config import PRESETS
+    from engine.model.dit import DiT
 
-    summary = run_eval(EvalArgs(suite=DEFAULT_SUITE, out=str(tmp_path), preset="small", episodes=1, seconds=1.0))
+    ckpt = save_checkpoint(tmp_path / "ckpt", PRESETS["small"], DiT(PRESETS["small"].model).state_dict())
+    args = ["eval", "--model", str(ckpt), "--episodes", "1", "--seconds", "1", "--out", str(tmp_path / "ev"), "--json"]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out)
     assert summary["ok"] == 1 and summary["mean"]["all"]["psnr@1s"] is not None
+    assert summary["predictor"] == f"model:{ckpt}"
 
 
 def test_eval_argument_errors(tmp_path: Path) -> None:
