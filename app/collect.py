@@ -22,8 +22,8 @@ import numpy as np
 from tqdm import tqdm
 
 from engine.action import BUTTONS
-from engine.world.doom import FPS, DoomEnv, DoomSpec
-from engine.world.policy import ExplorePolicy
+from engine.world.doom import FPS, DoomSpec
+from engine.world.policy import explore
 from engine.world.shards import append_index, clean, write_shard
 
 EVAL_SEED_BASE = 1_000_000_000
@@ -62,26 +62,13 @@ class CollectArgs:
 
 def play_episode(folder: str, episode: int, spec: DoomSpec, steps: int) -> dict[str, Any]:
     """Worker: play one episode with the exploration policy and write its shard."""
-    env = DoomEnv(spec)
-    policy = ExplorePolicy(seed=spec.seed)
     start = time.perf_counter()
-    try:
-        frame, info = env.reset()
-        frames, actions = [frame], [np.zeros(len(BUTTONS), np.uint8)]
-        terminated = False
-        for _ in range(steps):
-            action = policy(info)
-            frame, _, terminated, _, info = env.step(action)
-            frames.append(frame)
-            actions.append(np.array(action.to_multi_hot(), np.uint8))
-            if terminated:
-                break
-    finally:
-        env.close()
+    run = explore(spec, steps)
+    actions = np.array([[0] * len(BUTTONS)] + [a.to_multi_hot() for a in run.actions], np.uint8)
     meta = {"wad": spec.wad, "map": spec.map, "skill": spec.skill, "seed": spec.seed,
-            "terminated": terminated, "stuck_frames": policy.stuck_frames,
+            "terminated": run.terminated, "stuck_frames": run.stuck_frames,
             "play_seconds": time.perf_counter() - start}
-    return write_shard(Path(folder), episode, np.stack(frames), np.stack(actions), meta)
+    return write_shard(Path(folder), episode, run.frames, actions, meta)
 
 
 def _check_writable(folder: Path) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from engine.action import Action
+from engine.world.doom import DoomEnv, DoomSpec
 
 # (weight, buttons) of the held actions.
 MIX: tuple[tuple[float, tuple[str, ...]], ...] = (
@@ -96,3 +97,30 @@ class ExplorePolicy:
             return False
         (x0, y0), (x1, y1) = self._trail[0], self._trail[-1]
         return math.hypot(x1 - x0, y1 - y0) < self.stuck_distance
+
+
+@dataclass(frozen=True)
+class Exploration:
+    """One episode played by the policy."""
+
+    frames: np.ndarray  # (T + 1, H, W, 3) uint8: x_0..x_T
+    actions: list[Action]  # a_1..a_T
+    terminated: bool  # the episode ended early (death, exit)
+    stuck_frames: int
+
+
+def explore(spec: DoomSpec, steps: int) -> Exploration:
+    """Play up to ``steps`` frames of ``spec`` with ``ExplorePolicy(seed=spec.seed)``."""
+    env, policy = DoomEnv(spec), ExplorePolicy(seed=spec.seed)
+    try:
+        frame, info = env.reset()
+        frames, actions, terminated = [frame], [], False
+        for _ in range(steps):
+            actions.append(policy(info))
+            frame, _, terminated, _, info = env.step(actions[-1])
+            frames.append(frame)
+            if terminated:
+                break
+    finally:
+        env.close()
+    return Exploration(np.stack(frames), actions, terminated, policy.stuck_frames)

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from engine.action import BUTTONS, Action
-from engine.world.doom import FPS, DoomEnv, DoomSpec
-from engine.world.policy import ExplorePolicy
+from engine.world.doom import FPS, DoomSpec, rollout
+from engine.world.policy import explore
 
 FORMAT = "worldstream-eval-suite"
 VERSION = 1
@@ -81,15 +81,7 @@ class EvalEpisode:
     def render(self, frames: int | None = None) -> np.ndarray:
         """Ground truth x_0..x_{n-1} (n = ``frames`` or all); all frames are checked against
         the stored checksum, so a ViZDoom that renders differently fails loudly."""
-        env = DoomEnv(self.spec)
-        try:
-            first, _ = env.reset()
-            out = [first]
-            for a in self.action_list():
-                out.append(env.step(a)[0])
-        finally:
-            env.close()
-        all_frames = np.stack(out)
+        all_frames = rollout(self.spec, self.action_list())
         if frames_digest(all_frames) != self.sha256:
             raise SuiteError(f"episode {self.name}: ground truth does not match its checksum "
                              "(a different ViZDoom version or WAD?)")
@@ -142,22 +134,11 @@ def make_episode(name: str, split: str, spec: DoomSpec, seconds: float, context_
     steps = context_frames - 1 + round(seconds * FPS)
     for k in range(tries):
         s = DoomSpec(spec.wad, spec.map, spec.skill, spec.seed + k)
-        env, policy = DoomEnv(s), ExplorePolicy(seed=s.seed)
-        try:
-            frame, info = env.reset()
-            frames, actions = [frame], []
-            for _ in range(steps):
-                actions.append(policy(info))
-                frame, _, terminated, _, info = env.step(actions[-1])
-                frames.append(frame)
-                if terminated:
-                    break
-        finally:
-            env.close()
-        if not terminated:
-            runs = encode_actions(actions)
-            return EvalEpisode(name, split, s.wad, s.map, s.skill, s.seed, context_frames, len(frames),
-                               frames_digest(np.stack(frames)), tuple(tuple(r) for r in runs))
+        run = explore(s, steps)
+        if not run.terminated:
+            runs = encode_actions(run.actions)
+            return EvalEpisode(name, split, s.wad, s.map, s.skill, s.seed, context_frames, len(run.frames),
+                               frames_digest(run.frames), tuple(tuple(r) for r in runs))
     raise RuntimeError(f"{spec.map}: no seed in {tries} tries survives {seconds} s")
 
 
