@@ -108,8 +108,8 @@ class Engine:
         self._pending, self._history, self._t = None, [], -1
         if context is None:
             return self.step(NOOP)
-        if context.ndim != 4 or tuple(context.shape[1:]) != self._latent_shape[1:]:
-            raise ValueError(f"context must be (K, {', '.join(map(str, self._latent_shape[1:]))}) "
+        if context.ndim != 4 or context.shape[0] < 1 or tuple(context.shape[1:]) != self._latent_shape[1:]:
+            raise ValueError(f"context must be (K >= 1, {', '.join(map(str, self._latent_shape[1:]))}) "
                              f"latents, got {tuple(context.shape)}")
         k = context.shape[0]
         acts = [NOOP, *(context_actions if context_actions is not None else [NOOP] * (k - 1))]
