@@ -17,7 +17,8 @@ PLANNED = {
     "record": "record a rollout to MP4",
     "train": "train the tokenizer, teacher and student",
 }
-DEFAULT_SUITE = "assets/eval/doom-minute.json"
+# Resolved against the source tree (make installs it editable), not the working directory.
+DEFAULT_SUITE = str(Path(__file__).resolve().parents[1] / "assets" / "eval" / "doom-minute.json")
 
 
 def _bench_parser(sub: argparse._SubParsersAction) -> None:
@@ -87,9 +88,10 @@ def _world_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     p = sub.add_parser("make-suite", help="build an eval suite file (held-out seeds; maintainers)")
-    p.add_argument("--out", default=DEFAULT_SUITE)
-    p.add_argument("--maps", type=_maps, default=tuple(f"MAP{i:02d}" for i in range(1, 11)))
-    p.add_argument("--unseen-maps", type=_maps, default=("MAP09", "MAP10"),
+    p.add_argument("--out", required=True, metavar="FILE.json")
+    unseen = ("MAP09", "MAP10")
+    p.add_argument("--maps", type=_maps, default=DEFAULT_MAPS + unseen)
+    p.add_argument("--unseen-maps", type=_maps, default=unseen,
                    help="maps not in the default training maps (labelled split=unseen-map)")
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--context-frames", type=int, default=16)

@@ -86,6 +86,12 @@ def test_replay_writes_a_playable_mp4(tmp_path: Path) -> None:
     assert main(["replay", "--episode", "99", "--out", str(out)]) == 2
 
 
+def test_default_suite_is_found_from_any_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["replay", "--episode", "0", "--out", "gt.mp4"]) == 0
+    assert (tmp_path / "gt.mp4").stat().st_size > 0
+
+
 def test_eval_baseline_outputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["eval", "--predictor", "copy-last", "--episodes", "2", "--seconds", "5.5", "--out", str(tmp_path), "--json"]
     assert main(args) == 0
