@@ -110,7 +110,7 @@ def run_bench(args: BenchArgs) -> dict[str, Any]:
     opts: dict[str, Any] = dict(device=args.device, dtype=DTYPES[args.dtype], seed=args.seed,
                                 attention=args.attention, compile=args.compile)
     if args.model is not None:
-        engine = Engine.from_checkpoint(args.model, **opts)
+        engine = Engine.from_checkpoint(args.model, sampler=config.sampler, **opts)
     else:
         engine = Engine.build(config, **opts)
     cached = _run(engine, warmup, args.frames, args.seed, "cached")

@@ -15,7 +15,6 @@ from engine.config import PRESETS, ConfigError
 PLANNED = {
     "play": "serve the model in the browser (websocket + Gradio page)",
     "record": "record a rollout to MP4",
-    "train": "train the tokenizer, teacher and student",
 }
 # Resolved against the source tree (make installs it editable), not the working directory.
 DEFAULT_SUITE = str(Path(__file__).resolve().parents[1] / "assets" / "eval" / "doom-minute.json")
@@ -85,6 +84,9 @@ def _world_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seconds", type=float, default=None, help="score the first S seconds (default: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
+    p.add_argument("--sampler", choices=["euler", "consistency"], default=None, help="default: the model's")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="model weights (default: fp32)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     p = sub.add_parser("make-suite", help="build an eval suite file (held-out seeds; maintainers)")
@@ -98,11 +100,74 @@ def _world_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--skill", type=int, default=3)
 
 
+def _train_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train the tokenizer and the world model (resumable)",
+                       description="Training. Every run checkpoints into --out/train and resumes "
+                       "from there when started again with the same --out.")
+    which = p.add_subparsers(dest="what", required=True, metavar="WHAT")
+    t = which.add_parser("tokenizer", help="the frame <-> latent autoencoder")
+    t.add_argument("--data", required=True, metavar="DIR", help="shards from `worldstream collect`")
+    t.add_argument("--out", required=True, metavar="DIR")
+    t.add_argument("--steps", type=int, default=3000)
+    t.add_argument("--batch", type=int, default=16)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--held-out", type=int, default=4, help="episodes held out for evaluation")
+    t.add_argument("--device", default="cpu")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--checkpoint-every", type=int, default=250)
+
+    w = which.add_parser("world", help="the block-causal DiT teacher (flow matching)")
+    w.add_argument("--data", required=True, metavar="DIR", help="shards from `worldstream collect`")
+    w.add_argument("--tokenizer", required=True, metavar="DIR", help="output of `train tokenizer`")
+    w.add_argument("--out", required=True, metavar="DIR")
+    w.add_argument("--preset", default="small", choices=sorted(PRESETS))
+    w.add_argument("--steps", type=int, default=3000)
+    w.add_argument("--batch", type=int, default=4, help="clips per step")
+    w.add_argument("--frames", type=int, default=0, help="clip length (default: sink + window + 1)")
+    w.add_argument("--lr", type=float, default=3e-4)
+    w.add_argument("--held-out", type=int, default=4, help="episodes held out for evaluation")
+    w.add_argument("--context-sigma", type=float, default=0.05, help="noise level of context at inference")
+    w.add_argument("--teacher-steps", type=int, default=16, help="Euler steps of the exported teacher")
+    w.add_argument("--device", default="cpu")
+    w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--checkpoint-every", type=int, default=250)
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected comma-separated integers such as 0,4,8") from None
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected comma-separated numbers such as 1,5,10") from None
+
+
+def _showcase_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("showcase", help="pictures to judge a model: grid, side-by-side MP4, action response",
+                       description="Writes grid.png, rollout.mp4, actions.png and showcase.json into --out.")
+    p.add_argument("--model", required=True, metavar="PATH", help="checkpoint folder")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--suite", default=DEFAULT_SUITE)
+    p.add_argument("--episodes", type=_ints, default=(0, 4, 8), help="suite episodes (default: 0,4,8)")
+    p.add_argument("--horizons", type=_floats, default=(0.5, 1.0, 2.0, 5.0, 10.0), help="seconds")
+    p.add_argument("--video-seconds", type=float, default=20.0)
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--seed", type=int, default=0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="worldstream", description="An interactive, streaming world model of Doom.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _bench_parser(sub)
     _world_parsers(sub)
+    _train_parsers(sub)
+    _showcase_parser(sub)
     for name, what in PLANNED.items():
         sub.add_parser(name, help=f"{what} (not available yet)", add_help=False)
     return parser
@@ -192,7 +257,40 @@ def _make_suite(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"bench": _bench, "collect": _collect, "replay": _replay, "eval": _eval, "make-suite": _make_suite}
+def _train(args: argparse.Namespace) -> int:
+    fields = {k: v for k, v in _fields(args).items() if k != "what"}
+    if args.what == "tokenizer":
+        from train.tokenizer import TokenizerArgs, train_tokenizer
+
+        result = train_tokenizer(TokenizerArgs(**fields))
+        print(f"{args.out}: tokenizer, held-out PSNR {result.get('psnr', float('nan')):.2f} dB")
+    elif args.what == "world":
+        from train.world import WorldArgs, train_world
+
+        result = train_world(WorldArgs(**fields))
+        print(f"{args.out}: teacher, held-out flow loss {result.get('loss', float('nan')):.4f}")
+    return 0
+
+
+def _showcase(args: argparse.Namespace) -> int:
+    from app.eval import EvalArgs, make_predictor
+    from app.showcase import ShowcaseArgs, run_showcase
+
+    if not args.episodes or not args.horizons:
+        raise ValueError("--episodes and --horizons need at least one value")
+    predictor = make_predictor(EvalArgs(suite=args.suite, out=args.out, model=args.model, steps=args.steps,
+                                        dtype=args.dtype))
+    fields = {k: v for k, v in _fields(args).items() if k != "dtype"}
+    result = run_showcase(ShowcaseArgs(**fields), predictor)
+    for label, r in result["actions"].items():
+        s = r["mean_shift_px_per_frame"]
+        print(f"{label:>10}: image shift {s['model']:+.1f} px/frame (real game {s['game']:+.1f})")
+    print(f"{args.out}: grid.png, rollout.mp4, actions.png, showcase.json")
+    return 0
+
+
+COMMANDS = {"bench": _bench, "collect": _collect, "replay": _replay, "eval": _eval, "make-suite": _make_suite,
+            "train": _train, "showcase": _showcase}
 
 
 if __name__ == "__main__":

@@ -47,6 +47,9 @@ class EvalArgs:
     seconds: float | None = None  # score only the first S seconds after the context
     seed: int = 0
     device: str = "cpu"
+    steps: int | None = None  # override the model's sampling steps
+    sampler: str | None = None  # override the model's sampler kind (euler | consistency)
+    dtype: str = "fp32"  # model weights: fp32 | bf16
 
     def __post_init__(self) -> None:
         chosen = [x for x in (self.predictor, self.model, self.preset) if x is not None]
@@ -58,17 +61,38 @@ class EvalArgs:
             raise ValueError("--episodes must be >= 1")
         if self.seconds is not None and self.seconds <= 0:
             raise ValueError("--seconds must be > 0")
+        if self.predictor is not None and (self.steps, self.sampler) != (None, None):
+            raise ValueError("--steps/--sampler apply to --model or --preset, not to a baseline")
+        if self.steps is not None and not 1 <= self.steps <= 1000:
+            raise ValueError("--steps must be in 1..1000")
+        if self.dtype not in ("fp32", "bf16"):
+            raise ValueError("--dtype must be fp32 or bf16")
 
 
 def make_predictor(args: EvalArgs) -> Predictor:
     if args.predictor is not None:
         return BASELINES[args.predictor]()
+    import dataclasses
+
+    import torch
+
+    from engine.checkpoint import load_config
+    from engine.config import get_preset
     from engine.engine import Engine
 
+    config = load_config(args.model)[0] if args.model is not None else get_preset(str(args.preset))
+    sampler = config.sampler
+    if args.sampler is not None:
+        sampler = dataclasses.replace(sampler, kind=args.sampler)
+    if args.steps is not None:
+        sampler = dataclasses.replace(sampler, steps=args.steps)
+    opts = dict(device=args.device, sampler=sampler,
+                dtype=torch.bfloat16 if args.dtype == "bf16" else torch.float32)
+    # The name carries the sampler: a resumed run never mixes rows of different settings.
+    tag = f"{sampler.kind}x{sampler.steps}" + ("-bf16" if args.dtype == "bf16" else "")
     if args.model is not None:
-        return EnginePredictor(Engine.from_checkpoint(args.model, device=args.device), f"model:{args.model}")
-    assert args.preset is not None
-    return EnginePredictor(Engine.from_preset(args.preset, device=args.device), f"preset:{args.preset}")
+        return EnginePredictor(Engine.from_checkpoint(args.model, **opts), f"model:{args.model}:{tag}")
+    return EnginePredictor(Engine.from_preset(str(args.preset), **opts), f"preset:{args.preset}:{tag}")
 
 
 def score_episode(ep: EvalEpisode, predictor: Predictor, fps: float, seconds: float | None,

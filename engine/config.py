@@ -191,6 +191,8 @@ def from_dict(cls: type[T], data: Any, where: str = "config") -> T:
 def _convert(tp: Any, value: Any, where: str) -> Any:
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)  # type: ignore[arg-type]
+    if tp is bool and isinstance(value, bool):
+        return value
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if tp is float and number:
         return float(value)
@@ -198,4 +200,7 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         return int(value)
     if tp is str and isinstance(value, str):
         return value
+    if typing.get_origin(tp) is tuple and isinstance(value, (list, tuple)):
+        item = typing.get_args(tp)[0]
+        return tuple(_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value))
     raise ConfigError(f"{where}: expected {getattr(tp, '__name__', tp)}, got {value!r}")

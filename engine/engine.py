@@ -17,6 +17,7 @@ recomputes the sinks + window + the new frame from their latents.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +27,13 @@ import torch
 
 from engine.action import NOOP, Action, actions_to_tensor
 from engine.checkpoint import load_config, load_weights
-from engine.config import EngineConfig, get_preset
+from engine.config import EngineConfig, SamplerConfig, get_preset
 from engine.decoder import FrameDecoder, StandInDecoder
 from engine.model.dit import DiT
 from engine.runner import Runner
 from engine.sampler import SAMPLERS, Denoiser, make_sigmas
 from engine.timing import StageTimer
+from engine.tokenizer import TokenizerDecoder, has_tokenizer, load_tokenizer
 from engine.types import Frame
 
 
@@ -69,14 +71,20 @@ class Engine:
     @classmethod
     def build(cls, config: EngineConfig, model: DiT | None = None, *, device: str = "cpu",
               dtype: torch.dtype = torch.float32, seed: int = 0, attention: str = "auto",
-              compile: bool = False, slots: int = 1, recompute: bool = False) -> Engine:
-        """An engine for ``config``; without ``model``, random weights from ``seed``."""
+              compile: bool = False, slots: int = 1, recompute: bool = False,
+              decoder: FrameDecoder | None = None, sampler: SamplerConfig | None = None) -> Engine:
+        """An engine for ``config``; without ``model``, random weights from ``seed``; without
+        ``decoder``, the untrained stand-in; ``sampler`` overrides the config's sampler."""
+        if sampler is not None:
+            config = dataclasses.replace(config, sampler=sampler)
         if model is None:
             model = DiT(config.model)
             model.init_weights(torch.Generator().manual_seed(seed))
         runner = Runner(config, model, device=device, dtype=dtype, slots=slots,
                         attention=attention, compile=compile)
-        return cls(runner, StandInDecoder(config, device=device), recompute=recompute)
+        if decoder is None:
+            decoder = StandInDecoder(config, device=device)
+        return cls(runner, decoder, recompute=recompute)
 
     @classmethod
     def from_preset(cls, name: str, **kwargs: Any) -> Engine:
@@ -85,10 +93,15 @@ class Engine:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kwargs: Any) -> Engine:
-        """Weights and config from a checkpoint folder (validated; see engine.checkpoint)."""
+        """Weights and config from a checkpoint folder (validated; see engine.checkpoint). The
+        folder's tokenizer, if it has one, is the decoder (else the untrained stand-in)."""
         config, _ = load_config(path)
         model = DiT(config.model)
         model.load_state_dict(load_weights(path, model.state_dict()))
+        if "decoder" not in kwargs and has_tokenizer(path):
+            tokenizer, _ = load_tokenizer(path)
+            kwargs["decoder"] = TokenizerDecoder(tokenizer, name=f"tokenizer ({Path(path).name})",
+                                                 device=kwargs.get("device", "cpu"))
         return cls.build(config, model, **kwargs)
 
     # ------------------------------------------------------------------ the loop

@@ -1,0 +1,243 @@
+"""Training: tiny overfits (loss falls by a stated factor), exact resume, train == infer, CLI."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from engine.config import EngineConfig, SamplerConfig
+from engine.runner import Runner
+from engine.tokenizer import Tokenizer, TokenizerConfig, TokenizerDecoder, load_tokenizer, save_tokenizer
+from tests.conftest import make_model
+from train.data import LatentEpisode
+from train.loop import LoopConfig, Trainer, lr_at
+from train.tokenizer import TokenizerTask
+from train.world import WorldArgs, WorldTask
+
+TINY_TOK = TokenizerConfig(latent_channels=4, widths=(8, 16), blocks=(0, 1), height=16, width=24)
+
+
+def _frames(n: int, seed: int = 0) -> torch.Tensor:
+    """Smooth synthetic frames (blobs), (n, 16, 24, 3) uint8."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(n, 3, 4, 6, generator=g)
+    up = torch.nn.functional.interpolate(base, size=(16, 24), mode="bilinear", align_corners=False)
+    return (up * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def _tok_trainer(out: Path, steps: int, frames: torch.Tensor) -> Trainer:
+    torch.manual_seed(0)
+    task = TokenizerTask(frames, frames[:4], batch=8, device=torch.device("cpu"))
+    loop = LoopConfig(steps=steps, lr=3e-3, warmup=5, ema=0.9, checkpoint_every=10, log_every=5, bf16=False)
+    return Trainer(Tokenizer(TINY_TOK), task, loop, out, progress=False)
+
+
+def test_tokenizer_overfits_and_exports(tmp_path: Path) -> None:
+    frames = _frames(8)
+    trainer = _tok_trainer(tmp_path / "tok", 150, frames)
+    trainer.run()
+    rows = list(csv.DictReader(open(tmp_path / "tok" / "train" / "log.csv")))
+    first, last = float(rows[0]["loss"]), float(rows[-1]["loss"])
+    assert last < first / 10, (first, last)  # the stated factor: 10x
+    assert float(rows[-1]["eval_psnr"]) > float(rows[1]["eval_psnr"]) + 5
+    assert (tmp_path / "tok" / "train" / "loss.png").stat().st_size > 1000
+    # The export: normalised latents (mean ~0, std ~1 per channel) and a working decoder.
+    net, meta = load_tokenizer(tmp_path / "tok")
+    assert meta["step"] == 150
+    dec = TokenizerDecoder(net)
+    z = dec.encode(frames)
+    assert z.shape == (8, 4, 8, 12)  # stride 2
+    assert z.mean(dim=(0, 2, 3)).abs().max() < 0.2 and (z.std(dim=(0, 2, 3)) - 1).abs().max() < 0.2
+    rgb = dec.decode(z)
+    assert rgb.shape == (8, 16, 24, 3) and rgb.dtype == torch.uint8
+
+
+def test_resume_is_exact(tmp_path: Path) -> None:
+    frames = _frames(8)
+    _tok_trainer(tmp_path / "once", 20, frames).run()
+    _tok_trainer(tmp_path / "twice", 20, frames).run(stop_after=10)  # "killed" after its step-10 checkpoint
+    resumed = _tok_trainer(tmp_path / "twice", 20, frames)
+    resumed.run()
+    a = load_file(str(tmp_path / "once" / "train" / "state.safetensors"))
+    b = load_file(str(tmp_path / "twice" / "train" / "state.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    steps = [int(r["step"]) for r in csv.DictReader(open(tmp_path / "twice" / "train" / "log.csv"))]
+    assert steps == [5, 10, 15, 20]  # no duplicated rows
+
+
+def test_resume_refuses_other_settings(tmp_path: Path) -> None:
+    frames = _frames(8)
+    _tok_trainer(tmp_path / "t", 10, frames).run()
+    other = _tok_trainer(tmp_path / "t", 10, frames)
+    other.cfg = dataclasses.replace(other.cfg, lr=1.0)
+    with pytest.raises(ValueError, match="other settings"):
+        other.run()
+
+
+def test_lr_schedule() -> None:
+    cfg = LoopConfig(steps=100, lr=1.0, warmup=10, min_lr_ratio=0.1)
+    assert lr_at(cfg, 0) == pytest.approx(0.1) and lr_at(cfg, 9) == pytest.approx(1.0)
+    assert lr_at(cfg, 10) == pytest.approx(1.0) and lr_at(cfg, 100) == pytest.approx(0.1)
+    assert all(lr_at(cfg, s) >= lr_at(cfg, s + 1) for s in range(10, 100))
+
+
+def test_tokenizer_files_are_validated(tmp_path: Path) -> None:
+    save_tokenizer(tmp_path, Tokenizer(TINY_TOK))
+    doc = json.loads((tmp_path / "tokenizer.json").read_text())
+    doc["tokenizer"]["widths"] = [8, 32]
+    (tmp_path / "tokenizer.json").write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="do not match"):
+        load_tokenizer(tmp_path)
+    doc["tokenizer"]["colour"] = 1
+    (tmp_path / "tokenizer.json").write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="unknown key"):
+        load_tokenizer(tmp_path)
+    with pytest.raises(ValueError, match="missing"):
+        load_tokenizer(tmp_path / "nowhere")
+
+
+# ---------------------------------------------------------------------------- world model
+def _episodes(config: EngineConfig, n: int = 2, length: int = 40) -> list[LatentEpisode]:
+    m = config.model
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for _ in range(n):
+        # A drifting pattern: frame t+1 = frame t rolled by the action, so actions matter.
+        acts = (torch.rand(length, 8, generator=g) < 0.3).float()
+        acts[0] = 0
+        x = torch.randn(1, m.latent_channels, m.latent_height, m.latent_width, generator=g)
+        frames = [x]
+        for t in range(1, length):
+            frames.append(torch.roll(frames[-1], shifts=int(acts[t, 4] - acts[t, 5]), dims=-1))
+        out.append(LatentEpisode(torch.cat(frames).half(), acts))
+    return out
+
+
+def _world_task(config: EngineConfig, **kw: object) -> WorldTask:
+    args = WorldArgs(data="-", tokenizer="-", out="-", batch=4, **kw)  # type: ignore[arg-type]
+    eps = _episodes(config)
+    return WorldTask(args, config, eps, eps[:1], Path("-"), torch.device("cpu"))
+
+
+def test_world_overfits_tiny_batch(tiny: EngineConfig, tmp_path: Path) -> None:
+    task = _world_task(tiny, frames=6)
+    model = make_model(tiny, std=0.02)
+    model.init_weights(torch.Generator().manual_seed(0), adaln_zero=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    x0, actions, index = task.sample_clips(task.train, task.weights, 4, g)
+    sigma, target = task.noise_levels(tuple(index.shape), g)
+    losses = []
+    for _ in range(200):
+        loss = task.flow_loss(model, x0, actions, index, sigma, target, torch.Generator().manual_seed(1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < losses[0] / 5, (losses[0], losses[-1])  # the stated factor: 5x
+
+
+def test_clips_follow_the_inference_layout(tiny: EngineConfig) -> None:
+    task = _world_task(tiny, max_gap=20)
+    g = torch.Generator().manual_seed(3)
+    gaps = set()
+    for _ in range(20):
+        x0, actions, index = task.sample_clips(task.train, task.weights, 2, g)
+        f = tiny.model.sink_frames + tiny.model.window_frames + 1
+        assert x0.shape[:2] == (2, f) and actions.shape == (2, f, 8)
+        assert (index[:, 0] == 0).all() and (actions[:, 0] == 0).all()  # the sink, no action
+        assert (index[:, 2:] - index[:, 1:-1] == 1).all()  # then a contiguous run
+        gaps |= set((index[:, 1] - 1).tolist())
+    assert 0 in gaps and max(gaps) > 1  # both layouts occur
+    sigma, target = task.noise_levels((512, f), g)
+    assert target.any(dim=1).all()
+    assert (sigma[~target] <= task.args.context_sigma_max).all()
+
+
+def test_teacher_forced_clip_equals_cached_steps(tiny: EngineConfig) -> None:
+    """Training's forward over a whole clip (per-frame noise, block-causal mask) gives what the
+    engine's cached step-by-step forward gives for the same frames: train/infer consistency.
+    The clip is longer than sink + window, so the sliding window is exercised."""
+    task = _world_task(tiny, frames=9, max_gap=0)
+    model = make_model(tiny)
+    g = torch.Generator().manual_seed(0)
+    x0, actions, index = task.sample_clips(task.train, task.weights, 1, g)
+    sigma, _ = task.noise_levels(tuple(index.shape), g)
+    assert torch.equal(index[0], torch.arange(9))
+    xt = (1 - sigma[..., None, None, None]) * x0 + sigma[..., None, None, None] * torch.randn(x0.shape)
+    from engine.cache import FullContext
+
+    m = tiny.model
+    with torch.no_grad():
+        full = model(xt, sigma, actions, FullContext(index, m.tokens_per_frame, m.sink_frames, m.window_frames))
+        runner = Runner(tiny, model)
+        steps = []
+        for t in range(9):
+            steps.append(runner.forward(0, xt[:, t:t + 1], sigma[:, t:t + 1], actions[:, t:t + 1]))
+            runner.cache.commit(0, 1)
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=2e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------- end to end
+def test_train_cli_end_to_end(tmp_path: Path) -> None:
+    """collect-format shards -> train tokenizer -> train world -> Engine.from_checkpoint plays with
+    the trained tokenizer as its decoder; eval's --steps override reaches the sampler."""
+    from app.cli import main
+    from engine.engine import Engine
+    from engine.world.shards import append_index, write_shard
+
+    data = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    for ep in range(2):
+        frames = rng.integers(0, 255, (30, 120, 160, 3), dtype=np.uint8)
+        actions = rng.integers(0, 2, (30, 8), dtype=np.uint8)
+        append_index(data, write_shard(data, ep, frames, actions, {}))
+    tok, world = tmp_path / "tok", tmp_path / "world"
+    assert main(["train", "tokenizer", "--data", str(data), "--out", str(tok), "--steps", "2",
+                 "--batch", "2", "--checkpoint-every", "2"]) == 0
+    assert main(["train", "world", "--data", str(data), "--tokenizer", str(tok), "--out", str(world),
+                 "--steps", "1", "--batch", "1", "--frames", "4", "--checkpoint-every", "1"]) == 0
+    assert (data / "latents").is_dir()  # cached encodings
+    engine = Engine.from_checkpoint(world, sampler=SamplerConfig(kind="euler", steps=2))
+    assert engine.decoder.name.startswith("tokenizer") and engine.config.sampler.steps == 2
+    frame = engine.reset(0)
+    assert frame.rgb.shape == (120, 160, 3)
+    meta = json.loads((world / "config.json").read_text())["meta"]
+    assert meta["kind"].startswith("teacher") and meta["step"] == 1 and "hardware" in meta
+    assert main(["train", "world", "--data", str(data), "--tokenizer", str(tmp_path / "nope"),
+                 "--out", str(tmp_path / "w2")]) == 2
+
+
+def test_horizontal_shift_sign() -> None:
+    from app.showcase import horizontal_shift
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    assert horizontal_shift(a, np.roll(a, 7, axis=1)) == 7  # content moved right by 7 px
+    assert horizontal_shift(a, np.roll(a, -5, axis=1)) == -5
+    assert horizontal_shift(a, a) == 0
+
+
+def test_showcase_writes_pictures(tmp_path: Path) -> None:
+    """The pictures pipeline on a baseline predictor (the real game renders the ground truth);
+    turning left in the real game moves the image right, turning right moves it left."""
+    from app.cli import DEFAULT_SUITE
+    from app.predictors import CopyLast
+    from app.showcase import ShowcaseArgs, run_showcase
+
+    args = ShowcaseArgs(model="copy-last", out=str(tmp_path), suite=DEFAULT_SUITE, episodes=(0,),
+                        horizons=(0.5, 1.0), video_seconds=1.0, response_seconds=0.5)
+    result = run_showcase(args, CopyLast())
+    for name in ("grid.png", "actions.png", "rollout.mp4"):
+        assert (tmp_path / name).stat().st_size > 1000
+    assert json.loads((tmp_path / "showcase.json").read_text())["actions"] == result["actions"]
+    shifts = {k: v["mean_shift_px_per_frame"] for k, v in result["actions"].items()}
+    assert shifts["turn left"]["game"] > 2 and shifts["turn right"]["game"] < -2
+    assert shifts["turn left"]["model"] == 0  # copy-last never moves

@@ -1,0 +1,83 @@
+"""Training data from ``worldstream collect`` shards: frames for the tokenizer, latent clips for
+the world model. Episodes are split into train / held-out by episode (never by frame: frames
+of one episode are nearly duplicates of each other).
+
+Latents are computed once per (data folder, tokenizer) and cached next to the shards::
+
+    DIR/latents/<tokenizer sha256[:12]>/epNNNNNN.safetensors   latents (T, C, h, w) fp16, actions (T, 8)
+
+so a resumed or repeated world-model run does not re-encode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from engine.world.shards import load_shard, read_index
+
+
+def episodes(data: str | Path) -> list[dict]:
+    folder = Path(data)
+    rows = sorted(read_index(folder), key=lambda r: r["episode"])
+    if not rows:
+        raise ValueError(f"{folder}: no shards (expected {folder}/index.jsonl from `worldstream collect`)")
+    return rows
+
+
+def split(rows: list[dict], held_out: int) -> tuple[list[dict], list[dict]]:
+    """The last ``held_out`` episodes are held out (at least one episode stays for training)."""
+    if len(rows) < 2:
+        raise ValueError(f"need >= 2 episodes to hold one out, found {len(rows)}")
+    k = min(max(1, held_out), len(rows) - 1)
+    return rows[:-k], rows[-k:]
+
+
+def load_frames(data: str | Path, rows: list[dict], every: int = 1, progress: bool = True) -> torch.Tensor:
+    """All frames of ``rows`` (every ``every``-th), (T, H, W, 3) uint8."""
+    out = []
+    for row in tqdm(rows, desc="load frames", unit="ep", disable=not progress):
+        frames, _ = load_shard(Path(data), row)
+        out.append(torch.from_numpy(frames[::every]))
+    return torch.cat(out)
+
+
+@dataclass
+class LatentEpisode:
+    latents: torch.Tensor  # (T, C, h, w) float16, normalised
+    actions: torch.Tensor  # (T, 8) float32; actions[t] = a_t (actions[0] is zeros)
+
+
+def file_sha(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+Encoder = Callable[[torch.Tensor], torch.Tensor]
+
+
+def encode_episodes(data: str | Path, rows: list[dict], encode: Encoder, tokenizer_sha: str,
+                    batch: int = 64, progress: bool = True) -> list[LatentEpisode]:
+    """Latents of every episode in ``rows`` through ``encode`` ((B,H,W,3) uint8 -> (B,C,h,w)),
+    cached under DIR/latents/<sha>/ (written atomically per episode, so a killed run resumes)."""
+    cache = Path(data) / "latents" / tokenizer_sha[:12]
+    cache.mkdir(parents=True, exist_ok=True)
+    out = []
+    for row in tqdm(rows, desc="encode", unit="ep", disable=not progress):
+        path = cache / f"ep{row['episode']:06d}.safetensors"
+        if not path.is_file():
+            frames, actions = load_shard(Path(data), row)
+            lat = torch.cat([encode(torch.from_numpy(frames[i:i + batch])) for i in range(0, len(frames), batch)])
+            tmp = path.with_suffix(".tmp")
+            save_file({"latents": lat.half().contiguous(),
+                       "actions": torch.from_numpy(actions.astype(np.uint8))}, str(tmp))
+            tmp.replace(path)
+        t = load_file(str(path))
+        out.append(LatentEpisode(t["latents"], t["actions"].float()))
+    return out

@@ -1,0 +1,110 @@
+"""``worldstream train tokenizer``: the frame <-> latent autoencoder (engine/tokenizer.py).
+
+Objective: MSE between frames and reconstructions in [-1, 1] (what PSNR measures), plus a small
+L1 term that keeps edges crisp. After training, the per-channel latent mean/std over training
+frames is measured and stored in the weights, so the exported tokenizer emits unit-scale latents.
+Held-out PSNR is evaluated on whole episodes the tokenizer never saw.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.tokenizer import Tokenizer, TokenizerConfig, save_tokenizer, to_uint8, to_unit
+from engine.world.metrics import psnr
+from train.data import episodes, load_frames, split
+from train.loop import LoopConfig, Trainer
+
+
+@dataclass(frozen=True)
+class TokenizerArgs:
+    data: str
+    out: str
+    steps: int = 3000
+    batch: int = 16
+    lr: float = 1e-3
+    held_out: int = 4  # episodes
+    every: int = 3  # use every n-th training frame (neighbours are near duplicates)
+    device: str = "cpu"
+    latent_channels: int = 8
+    seed: int = 0
+    checkpoint_every: int = 250
+
+
+class TokenizerTask:
+    def __init__(self, train_frames: torch.Tensor, eval_frames: torch.Tensor, batch: int,
+                 device: torch.device) -> None:
+        self.frames = train_frames  # (T, H, W, 3) uint8, CPU
+        self.eval_frames = eval_frames
+        self.batch = batch
+        self.device = device
+
+    def loss(self, model: nn.Module, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        idx = torch.randint(len(self.frames), (self.batch,), generator=generator)
+        x = to_unit(self.frames[idx].to(self.device))
+        rec = model(x).float()
+        mse = F.mse_loss(rec, x)
+        l1 = F.l1_loss(rec, x)
+        mse_v = float(mse.detach())
+        return mse + 0.1 * l1, {"mse": mse_v, "psnr": 10 * math.log10(4 / max(mse_v, 1e-10))}
+
+    @torch.no_grad()
+    def evaluate(self, ema: nn.Module) -> dict[str, float]:
+        ema.eval()
+        scores = []
+        for i in range(0, len(self.eval_frames), 32):
+            truth = self.eval_frames[i:i + 32]
+            rec = to_uint8(ema(to_unit(truth.to(self.device)))).cpu()
+            scores.append(psnr(rec.numpy(), truth.numpy()))
+        return {"psnr": float(np.concatenate(scores).mean())}
+
+    def export(self, ema: nn.Module, folder: Path, meta: dict[str, Any]) -> None:
+        assert isinstance(ema, Tokenizer)
+        set_latent_stats(ema, self.frames, self.device)
+        save_tokenizer(folder, ema, meta)
+
+
+@torch.no_grad()
+def set_latent_stats(net: Tokenizer, frames: torch.Tensor, device: torch.device, n: int = 1024) -> None:
+    """Per-channel mean/std of the raw latents of ``n`` evenly spaced frames -> net's buffers."""
+    net.eval()
+    pick = frames[torch.linspace(0, len(frames) - 1, min(n, len(frames))).long()]
+    z = torch.cat([net.encode_raw(to_unit(pick[i:i + 64].to(device))).float() for i in range(0, len(pick), 64)])
+    net.latent_mean.copy_(z.mean(dim=(0, 2, 3)))
+    net.latent_std.copy_(z.std(dim=(0, 2, 3)).clamp_min(1e-4))
+
+
+def train_tokenizer(args: TokenizerArgs, progress: bool = True) -> dict[str, float]:
+    device = torch.device(args.device)
+    rows = episodes(args.data)
+    train_rows, eval_rows = split(rows, args.held_out)
+    frames = load_frames(args.data, train_rows, every=args.every, progress=progress)
+    eval_frames = load_frames(args.data, eval_rows, every=25, progress=progress)[:512]
+    h, w = frames.shape[1:3]
+    cfg = TokenizerConfig(latent_channels=args.latent_channels, height=int(h), width=int(w))
+    torch.manual_seed(args.seed)
+    net = Tokenizer(cfg).to(device)
+    loop = LoopConfig(steps=args.steps, lr=args.lr, warmup=100, weight_decay=0.0, ema=0.995,
+                      checkpoint_every=args.checkpoint_every, seed=args.seed, bf16=True)
+    meta = {"data": str(args.data), "train_episodes": len(train_rows), "train_frames": len(frames),
+            "held_out_episodes": [r["episode"] for r in eval_rows], "batch": args.batch,
+            "hardware": _hardware(device)}
+    task = TokenizerTask(frames, eval_frames, args.batch, device)
+    return Trainer(net, task, loop, args.out, meta=meta, progress=progress).run()
+
+
+def _hardware(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import os
+    import platform
+
+    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}"

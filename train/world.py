@@ -1,0 +1,204 @@
+"""``worldstream train world``: the block-causal DiT as a flow-matching teacher.
+
+One training example is a clip of F frames of one episode, all denoised in one forward with the
+same model and attention rule as inference (``FullContext``: sinks + sliding window, causal
+across frames, bidirectional inside a frame)::
+
+    clip:        x_s | x_{s+g+1} x_{s+g+2} ... x_{s+g+F-1}
+    frame_index: 0   | g+1       g+2     ...   g+F-1          (frame 0 is the attention sink)
+
+The gap g is 0 half of the time (a rollout's first seconds) and up to ``max_gap`` frames
+otherwise (a long rollout, whose sink lies far behind the window). Every frame gets its own
+noise level (diffusion forcing): with probability ``target_prob`` it is a *target* with
+sigma ~ logit-normal and contributes to the loss; otherwise it is *context* with a light
+sigma ~ U(0, context_sigma_max) and no loss, so that the model learns to read slightly noisy
+history (inference writes finished frames at ``context_sigma``; its own outputs are imperfect).
+
+Flow matching: x_sigma = (1 - sigma) x_0 + sigma eps, the model predicts v = eps - x_0.
+The sink frame's action is zero (a rollout's first frame has none); frame t's is a_t.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from engine.cache import FullContext
+from engine.checkpoint import save_checkpoint
+from engine.config import EngineConfig, SamplerConfig, get_preset
+from engine.model.dit import DiT
+from engine.tokenizer import CONFIG as TOK_CONFIG
+from engine.tokenizer import WEIGHTS as TOK_WEIGHTS
+from engine.tokenizer import TokenizerDecoder, load_tokenizer
+from train.data import LatentEpisode, encode_episodes, episodes, file_sha, split
+from train.loop import LoopConfig, Trainer
+from train.tokenizer import _hardware
+
+
+@dataclass(frozen=True)
+class WorldArgs:
+    data: str
+    tokenizer: str
+    out: str
+    preset: str = "small"
+    steps: int = 3000
+    batch: int = 4  # clips per step
+    frames: int = 0  # clip length F; 0 = sink + window + 1 (every offset the model will see)
+    lr: float = 3e-4
+    held_out: int = 4  # episodes
+    max_gap: int = 300  # frames between the sink and the window, when there is a gap
+    target_prob: float = 0.6
+    context_sigma: float = 0.05  # the level inference writes context at (stored in the config)
+    context_sigma_max: float = 0.15  # context frames in training: sigma ~ U(0, this)
+    teacher_steps: int = 16  # Euler steps of the exported teacher
+    device: str = "cpu"
+    seed: int = 0
+    checkpoint_every: int = 250
+    ema: float = 0.995  # short CPU runs: a long EMA would average in early, poor weights
+
+    def __post_init__(self) -> None:
+        if not 0 < self.target_prob <= 1:
+            raise ValueError("--target-prob must be in (0, 1]")
+        if not 0 <= self.context_sigma <= self.context_sigma_max < 1:
+            raise ValueError("need 0 <= --context-sigma <= --context-sigma-max < 1")
+
+
+def clip_frames(args: WorldArgs, config: EngineConfig) -> int:
+    m = config.model
+    return args.frames or (m.sink_frames + m.window_frames + 1)
+
+
+class WorldTask:
+    def __init__(self, args: WorldArgs, config: EngineConfig, train: list[LatentEpisode],
+                 held_out: list[LatentEpisode], tokenizer_dir: Path, device: torch.device) -> None:
+        self.args, self.config, self.device = args, config, device
+        self.frames = clip_frames(args, config)
+        self.train = [e for e in train if len(e.latents) >= self.frames]
+        if not self.train:
+            raise ValueError(f"no training episode has {self.frames} frames")
+        self.weights = torch.tensor([float(len(e.latents)) for e in self.train])
+        self.held_out = [e for e in held_out if len(e.latents) >= self.frames]
+        self.tokenizer_dir = tokenizer_dir
+        m = config.model
+        self.n, self.sinks, self.window = m.tokens_per_frame, m.sink_frames, m.window_frames
+
+    # ------------------------------------------------------------------ batches
+    def sample_clips(self, eps: list[LatentEpisode], weights: torch.Tensor, batch: int,
+                     g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(latents (B, F, C, h, w), actions (B, F, A), frame_index (B, F))."""
+        f = self.frames
+        lat, act, idx = [], [], []
+        for e in torch.multinomial(weights, batch, replacement=True, generator=g).tolist():
+            ep = eps[e]
+            t_len = len(ep.latents)
+            gap = 0
+            if torch.rand((), generator=g) < 0.5:
+                gap = int(torch.randint(0, self.args.max_gap + 1, (), generator=g))
+                gap = min(gap, t_len - f)
+            s = int(torch.randint(0, t_len - f - gap + 1, (), generator=g))
+            rows = torch.tensor([s, *range(s + gap + 1, s + gap + f)])
+            a = ep.actions[rows].clone()
+            a[0] = 0  # the sink: a rollout's first frame has no action
+            lat.append(ep.latents[rows].float())
+            act.append(a)
+            idx.append(torch.tensor([0, *range(gap + 1, gap + f)]))
+        return torch.stack(lat), torch.stack(act), torch.stack(idx)
+
+    def noise_levels(self, shape: tuple[int, int], g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sigma (B, F), target mask (B, F) bool): targets logit-normal, context light."""
+        target = torch.rand(shape, generator=g) < self.args.target_prob
+        target[:, -1] |= ~target.any(dim=1)  # every clip has at least one target
+        sig_t = torch.sigmoid(torch.randn(shape, generator=g))
+        sig_c = torch.rand(shape, generator=g) * self.args.context_sigma_max
+        return torch.where(target, sig_t, sig_c), target
+
+    def flow_loss(self, model: nn.Module, x0: torch.Tensor, actions: torch.Tensor, index: torch.Tensor,
+                  sigma: torch.Tensor, target: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        dev = self.device
+        x0, actions, index, sigma, target = (t.to(dev) for t in (x0, actions, index, sigma, target))
+        eps = torch.randn(x0.shape, generator=g).to(dev)
+        s = sigma[:, :, None, None, None]
+        xt = (1 - s) * x0 + s * eps
+        ctx = FullContext(index, self.n, self.sinks, self.window)
+        v = model(xt, sigma, actions, ctx).float()  # (B, F, C, h, w)
+        err = (v - (eps - x0)).pow(2).mean(dim=(2, 3, 4))  # (B, F)
+        return (err * target).sum() / target.sum()
+
+    def loss(self, model: nn.Module, g: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        x0, actions, index = self.sample_clips(self.train, self.weights, self.args.batch, g)
+        sigma, target = self.noise_levels(tuple(index.shape), g)
+        return self.flow_loss(model, x0, actions, index, sigma, target, g), {}
+
+    @torch.no_grad()
+    def evaluate(self, ema: nn.Module) -> dict[str, float]:
+        """Held-out flow loss of the *last* frame of 32 fixed clips at sigma 0.25 / 0.5 / 0.75,
+        history at the inference context level (what the teacher faces when it samples)."""
+        if not self.held_out:
+            return {}
+        ema.eval()
+        g = torch.Generator().manual_seed(1234)
+        w = torch.tensor([float(len(e.latents)) for e in self.held_out])
+        x0, actions, index = self.sample_clips(self.held_out, w, 32, g)
+        out = {}
+        for level in (0.25, 0.5, 0.75):
+            sigma = torch.full(index.shape, self.args.context_sigma)
+            sigma[:, -1] = level
+            target = torch.zeros(index.shape, dtype=torch.bool)
+            target[:, -1] = True
+            losses = [self.flow_loss(ema, x0[i:i + 8], actions[i:i + 8], index[i:i + 8], sigma[i:i + 8],
+                                     target[i:i + 8], g) for i in range(0, 32, 8)]
+            out[f"loss_s{int(level * 100)}"] = float(torch.stack(losses).mean())
+        out["loss"] = sum(out.values()) / 3
+        return out
+
+    def export(self, ema: nn.Module, folder: Path, meta: dict[str, Any]) -> None:
+        save_checkpoint(folder, self.config, ema.state_dict(), meta=meta, dtype=torch.bfloat16)
+        for name in (TOK_WEIGHTS, TOK_CONFIG):
+            if (self.tokenizer_dir / name).resolve() != (folder / name).resolve():
+                shutil.copyfile(self.tokenizer_dir / name, folder / name)
+
+
+def teacher_config(args: WorldArgs) -> EngineConfig:
+    base = get_preset(args.preset)
+    return dataclasses.replace(
+        base, model=dataclasses.replace(base.model, context_sigma=args.context_sigma),
+        sampler=SamplerConfig(kind="euler", steps=args.teacher_steps, schedule="linear"))
+
+
+def train_world(args: WorldArgs, progress: bool = True) -> dict[str, float]:
+    device = torch.device(args.device)
+    config = teacher_config(args)
+    tok_dir = Path(args.tokenizer)
+    tokenizer, tok_meta = load_tokenizer(tok_dir)
+    if (tokenizer.cfg.latent_channels != config.model.latent_channels
+            or tokenizer.cfg.height // tokenizer.cfg.stride != config.model.latent_height
+            or tokenizer.cfg.width // tokenizer.cfg.stride != config.model.latent_width):
+        raise ValueError(f"tokenizer {tok_dir} makes {tokenizer.cfg.latent_channels}x"
+                         f"{tokenizer.cfg.height // tokenizer.cfg.stride}x{tokenizer.cfg.width // tokenizer.cfg.stride}"
+                         f" latents; preset {args.preset} needs {config.model.latent_channels}x"
+                         f"{config.model.latent_height}x{config.model.latent_width}")
+    encoder = TokenizerDecoder(tokenizer, device=device)
+    rows = episodes(args.data)
+    train_rows, eval_rows = split(rows, args.held_out)
+    sha = file_sha(tok_dir / TOK_WEIGHTS)
+    train_eps = encode_episodes(args.data, train_rows, encoder.encode, sha, progress=progress)
+    eval_eps = encode_episodes(args.data, eval_rows, encoder.encode, sha, progress=progress)
+    torch.manual_seed(args.seed)
+    model = DiT(config.model)
+    model.init_weights(torch.Generator().manual_seed(args.seed), adaln_zero=True)
+    model.to(device)
+    loop = LoopConfig(steps=args.steps, lr=args.lr, warmup=200, ema=args.ema, checkpoint_every=args.checkpoint_every,
+                      seed=args.seed, bf16=True)
+    meta = {"kind": "teacher (flow matching)", "data": str(args.data), "tokenizer": str(tok_dir),
+            "tokenizer_sha256": sha, "tokenizer_meta": tok_meta, "train_episodes": len(train_eps),
+            "train_frames": sum(len(e.latents) for e in train_eps),
+            "held_out_episodes": [r["episode"] for r in eval_rows], "args": dataclasses.asdict(args),
+            "hardware": _hardware(device)}
+    task = WorldTask(args, config, train_eps, eval_eps, tok_dir, device)
+    return Trainer(model, task, loop, args.out, meta=meta, progress=progress).run()
