@@ -153,4 +153,8 @@ def test_eval_argument_errors(tmp_path: Path) -> None:
         EvalArgs(suite=DEFAULT_SUITE, out=str(tmp_path))
     with pytest.raises(ValueError, match="--predictor must be"):
         EvalArgs(suite=DEFAULT_SUITE, out=str(tmp_path), predictor="oracle")
+    with pytest.raises(ValueError, match="not to a baseline"):
+        EvalArgs(suite=DEFAULT_SUITE, out=str(tmp_path), predictor="copy-last", steps=4)
+    with pytest.raises(ValueError, match="--steps"):
+        EvalArgs(suite=DEFAULT_SUITE, out=str(tmp_path), preset="tiny", steps=0)
     assert main(["eval", "--predictor", "copy-last", "--suite", str(tmp_path / "x.json"), "--out", str(tmp_path)]) == 2

@@ -180,11 +180,13 @@ class Trainer:
                "param_groups": opt["param_groups"], "opt_scalars": scalars}
         tmp_json = self.dir / (STATE_JSON + ".tmp")
         tmp_json.write_text(json.dumps(doc, indent=1) + "\n")
-        tmp.replace(self.dir / STATE)
-        tmp_json.replace(self.dir / STATE_JSON)  # last: state.json names a complete checkpoint
+        # The exported model first, state.json last: a run killed in between resumes from the
+        # previous state and redoes those steps, so the export is never older than the state.
         meta = {**self.meta, "step": self.step, "train_wall_s": round(self.wall_s, 1)}
         self.task.export(self.ema, self.out, meta)
         _plot(self.dir / LOG, self.dir / PLOT)
+        tmp.replace(self.dir / STATE)
+        tmp_json.replace(self.dir / STATE_JSON)  # last: state.json names a complete checkpoint
 
     def _resume(self) -> bool:
         path = self.dir / STATE_JSON

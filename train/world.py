@@ -137,14 +137,14 @@ class WorldTask:
 
     @torch.no_grad()
     def evaluate(self, ema: nn.Module) -> dict[str, float]:
-        """Held-out flow loss of the *last* frame of 32 fixed clips at sigma 0.25 / 0.5 / 0.75,
+        """Held-out flow loss of the *last* frame of 16 fixed clips at sigma 0.25 / 0.5 / 0.75,
         history at the inference context level (what the teacher faces when it samples)."""
         if not self.held_out:
             return {}
         ema.eval()
         g = torch.Generator().manual_seed(1234)
         w = torch.tensor([float(len(e.latents)) for e in self.held_out])
-        x0, actions, index = self.sample_clips(self.held_out, w, 32, g)
+        x0, actions, index = self.sample_clips(self.held_out, w, 16, g)
         out = {}
         for level in (0.25, 0.5, 0.75):
             sigma = torch.full(index.shape, self.args.context_sigma)
@@ -152,7 +152,7 @@ class WorldTask:
             target = torch.zeros(index.shape, dtype=torch.bool)
             target[:, -1] = True
             losses = [self.flow_loss(ema, x0[i:i + 8], actions[i:i + 8], index[i:i + 8], sigma[i:i + 8],
-                                     target[i:i + 8], g) for i in range(0, 32, 8)]
+                                     target[i:i + 8], g) for i in range(0, 16, 8)]
             out[f"loss_s{int(level * 100)}"] = float(torch.stack(losses).mean())
         out["loss"] = sum(out.values()) / 3
         return out
