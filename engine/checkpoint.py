@@ -17,6 +17,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from engine.config import ConfigError, EngineConfig, from_dict, to_dict
+from engine.files import read_json_doc
 
 FORMAT = "worldstream-checkpoint"
 VERSION = 1
@@ -49,14 +50,7 @@ def save_checkpoint(path: str | Path, config: EngineConfig, state: dict[str, tor
 def load_config(path: str | Path) -> tuple[EngineConfig, dict[str, Any]]:
     """Read and validate ``config.json`` of checkpoint folder ``path``: (config, meta)."""
     file = _require(Path(path), CONFIG)
-    try:
-        doc = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{file}: not valid JSON ({e})") from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise CheckpointError(f"{file}: not a worldstream checkpoint (expected format {FORMAT!r})")
-    if doc.get("version") != VERSION:
-        raise CheckpointError(f"{file}: unsupported version {doc.get('version')!r} (expected {VERSION})")
+    doc = read_json_doc(file, "worldstream checkpoint", FORMAT, VERSION, CheckpointError)
     try:
         config = from_dict(EngineConfig, doc.get("engine"), "engine")
     except ConfigError as e:

@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from engine.config import ConfigError, from_dict
+from engine.files import read_json_doc
 
 WEIGHTS = "tokenizer.safetensors"
 CONFIG = "tokenizer.json"
@@ -170,12 +171,7 @@ def load_tokenizer(folder: str | Path) -> tuple[Tokenizer, dict[str, Any]]:
     for f in (cfg_file, w_file):
         if not f.is_file():
             raise ValueError(f"{f}: missing (a tokenizer folder holds {WEIGHTS} and {CONFIG})")
-    try:
-        doc = json.loads(cfg_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{cfg_file}: not valid JSON ({e})") from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("version") != 1:
-        raise ValueError(f"{cfg_file}: not a worldstream tokenizer (format {FORMAT!r}, version 1)")
+    doc = read_json_doc(cfg_file, "worldstream tokenizer", FORMAT, 1, ValueError)
     try:
         cfg = from_dict(TokenizerConfig, doc.get("tokenizer"), "tokenizer")
     except ConfigError as e:

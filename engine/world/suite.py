@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from engine.action import BUTTONS, Action
+from engine.files import read_json_doc
 from engine.world.doom import FPS, DoomSpec, rollout
 from engine.world.policy import explore
 
@@ -104,12 +105,7 @@ def load_suite(path: str | Path) -> EvalSuite:
     file = Path(path)
     if not file.is_file():
         raise SuiteError(f"{file}: suite file not found")
-    try:
-        doc = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SuiteError(f"{file}: not valid JSON ({e})") from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("version") != VERSION:
-        raise SuiteError(f"{file}: not a {FORMAT} version {VERSION} file")
+    doc = read_json_doc(file, "worldstream eval suite", FORMAT, VERSION, SuiteError)
     episodes = []
     for i, e in enumerate(doc.get("episodes", [])):
         try:
