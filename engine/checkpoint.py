@@ -8,16 +8,14 @@ right shape and a floating dtype. Every failure is a ``CheckpointError`` that na
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from engine.config import ConfigError, EngineConfig, from_dict, to_dict
-from engine.files import read_json_doc
+from engine.files import read_json_doc, save_pair
 
 FORMAT = "worldstream-checkpoint"
 VERSION = 1
@@ -38,12 +36,7 @@ def save_checkpoint(path: str | Path, config: EngineConfig, state: dict[str, tor
     tensors = {k: (v.to(dtype) if dtype is not None else v).detach().contiguous().cpu()
                for k, v in state.items()}
     doc = {"format": FORMAT, "version": VERSION, "engine": to_dict(config), "meta": meta or {}}
-    # Write to temporary names, then rename: a crash never leaves a half-written checkpoint.
-    tmp_w, tmp_c = folder / (WEIGHTS + ".tmp"), folder / (CONFIG + ".tmp")
-    save_file(tensors, str(tmp_w))
-    tmp_c.write_text(json.dumps(doc, indent=2) + "\n")
-    tmp_w.replace(folder / WEIGHTS)
-    tmp_c.replace(folder / CONFIG)
+    save_pair(folder, WEIGHTS, tensors, CONFIG, doc)
     return folder
 
 

@@ -1,10 +1,14 @@
-"""Versioned JSON documents (checkpoint configs, tokenizer configs, eval suites): one reader."""
+"""Versioned JSON documents (checkpoint configs, tokenizer configs, eval suites): one reader; and
+the atomic write of a safetensors file + its JSON document (checkpoints, tokenizers)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 from typing import Any
+
+import torch
+from safetensors.torch import save_file
 
 
 def read_json_doc(file: Path, kind: str, fmt: str, version: int, error: type[ValueError]) -> dict[str, Any]:
@@ -19,3 +23,14 @@ def read_json_doc(file: Path, kind: str, fmt: str, version: int, error: type[Val
     if doc.get("version") != version:
         raise error(f"{file}: unsupported version {doc.get('version')!r} (expected {version})")
     return doc
+
+
+def save_pair(folder: Path, weights: str, tensors: dict[str, torch.Tensor], config: str,
+              doc: dict[str, Any]) -> None:
+    """Write ``folder/weights`` (safetensors) and ``folder/config`` (JSON) under temporary names,
+    then rename both: a crash never leaves a half-written file under a real name."""
+    tmp_w, tmp_c = folder / (weights + ".tmp"), folder / (config + ".tmp")
+    save_file(tensors, str(tmp_w))
+    tmp_c.write_text(json.dumps(doc, indent=2) + "\n")
+    tmp_w.replace(folder / weights)
+    tmp_c.replace(folder / config)

@@ -16,7 +16,6 @@ folder carries its tokenizer this way; see ``engine.checkpoint``).
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,11 +23,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from engine.config import ConfigError, from_dict
-from engine.files import read_json_doc
+from engine.files import read_json_doc, save_pair
 
 WEIGHTS = "tokenizer.safetensors"
 CONFIG = "tokenizer.json"
@@ -153,10 +152,7 @@ def save_tokenizer(folder: str | Path, tokenizer: Tokenizer, meta: dict[str, Any
     path.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().float().contiguous().cpu() for k, v in tokenizer.state_dict().items()}
     doc = {"format": FORMAT, "version": 1, "tokenizer": dataclasses.asdict(tokenizer.cfg), "meta": meta or {}}
-    save_file(tensors, str(path / (WEIGHTS + ".tmp")))
-    (path / (CONFIG + ".tmp")).write_text(json.dumps(doc, indent=2) + "\n")
-    (path / (WEIGHTS + ".tmp")).replace(path / WEIGHTS)
-    (path / (CONFIG + ".tmp")).replace(path / CONFIG)
+    save_pair(path, WEIGHTS, tensors, CONFIG, doc)
     return path
 
 

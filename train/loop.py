@@ -229,6 +229,16 @@ class Trainer:
             w.writerow(row)
 
 
+def hardware(device: torch.device) -> str:
+    """What trained a checkpoint, for its metadata."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import os
+    import platform
+
+    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
 def _copy(model: nn.Module) -> nn.Module:
     import copy
 

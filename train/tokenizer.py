@@ -21,7 +21,7 @@ from torch import nn
 from engine.tokenizer import Tokenizer, TokenizerConfig, save_tokenizer, to_uint8, to_unit
 from engine.world.metrics import psnr
 from train.data import episodes, load_frames, split
-from train.loop import LoopConfig, Trainer
+from train.loop import LoopConfig, Trainer, hardware
 
 
 @dataclass(frozen=True)
@@ -96,15 +96,7 @@ def train_tokenizer(args: TokenizerArgs, progress: bool = True) -> dict[str, flo
                       checkpoint_every=args.checkpoint_every, seed=args.seed, bf16=True)
     meta = {"data": str(args.data), "train_episodes": len(train_rows), "train_frames": len(frames),
             "held_out_episodes": [r["episode"] for r in eval_rows], "batch": args.batch,
-            "hardware": _hardware(device)}
+            "hardware": hardware(device)}
     task = TokenizerTask(frames, eval_frames, args.batch, device)
     return Trainer(net, task, loop, args.out, meta=meta, progress=progress).run()
 
-
-def _hardware(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    import os
-    import platform
-
-    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}"

@@ -37,8 +37,7 @@ from engine.tokenizer import CONFIG as TOK_CONFIG
 from engine.tokenizer import WEIGHTS as TOK_WEIGHTS
 from engine.tokenizer import TokenizerDecoder, load_tokenizer
 from train.data import LatentEpisode, encode_episodes, episodes, file_sha, split
-from train.loop import LoopConfig, Trainer
-from train.tokenizer import _hardware
+from train.loop import LoopConfig, Trainer, hardware
 
 
 @dataclass(frozen=True)
@@ -199,6 +198,6 @@ def train_world(args: WorldArgs, progress: bool = True) -> dict[str, float]:
             "tokenizer_sha256": sha, "tokenizer_meta": tok_meta, "train_episodes": len(train_eps),
             "train_frames": sum(len(e.latents) for e in train_eps),
             "held_out_episodes": [r["episode"] for r in eval_rows], "args": dataclasses.asdict(args),
-            "hardware": _hardware(device)}
+            "hardware": hardware(device)}
     task = WorldTask(args, config, train_eps, eval_eps, tok_dir, device)
     return Trainer(model, task, loop, args.out, meta=meta, progress=progress).run()
