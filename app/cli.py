@@ -8,14 +8,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from app.engine_spec import BUNDLED_MODEL, EngineSpec
 from engine.checkpoint import CheckpointError
 from engine.config import PRESETS, ConfigError
 
-# Subcommands that later issues fill in; until then they say so instead of pretending.
-PLANNED = {
-    "play": "serve the model in the browser (websocket + Gradio page)",
-    "record": "record a rollout to MP4",
-}
 # Resolved against the source tree (make installs it editable), not the working directory.
 DEFAULT_SUITE = str(Path(__file__).resolve().parents[1] / "assets" / "eval" / "doom-minute.json")
 
@@ -161,6 +157,55 @@ def _showcase_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
+def _engine_args(p: argparse.ArgumentParser, dtype: str = "bf16") -> None:
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--model", default=None, metavar="PATH",
+                       help="checkpoint folder (default: the bundled assets/models/doom-small)")
+    which.add_argument("--preset", default=None, choices=sorted(PRESETS), help="random weights of this shape")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps per frame (default: the model's)")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default=dtype, help=f"(default: {dtype})")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
+
+
+def _play_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("play", help="serve the model in the browser (websocket + Gradio page)",
+                       description="Serve the world at http://HOST:PORT/: a page with the game view, "
+                       "keyboard/gamepad input, HUD and recording; the play socket is /ws.")
+    _engine_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--token", default=None, help="require ?token=T on the page, socket and downloads")
+    p.add_argument("--max-sessions", type=int, default=2, help="players at once (default: 2)")
+    p.add_argument("--fps", type=float, default=17.5, help="frames per second per session (default: 17.5)")
+    p.add_argument("--recordings", default="recordings", metavar="DIR", help="where recordings go")
+    p.add_argument("--seed", type=int, default=None, help="seed of each session's first rollout (default: random)")
+
+    r = sub.add_parser("record", help="record a rollout to MP4 (headless), or replay a recording exactly",
+                       description="Roll out the model headless and write STEM.mp4 + STEM.actions.jsonl + "
+                       "STEM.meta.json; --replay regenerates a recording and checks it frame by frame.")
+    _engine_args(r)
+    r.add_argument("--out", default=None, metavar="STEM.mp4")
+    r.add_argument("--seconds", type=float, default=None, help="length (default: 60 with --policy)")
+    src = r.add_mutually_exclusive_group()
+    src.add_argument("--actions", default=None, metavar="FILE.jsonl", help="follow these actions")
+    src.add_argument("--policy", default="explore", choices=["explore"], help="act with a policy (default)")
+    src.add_argument("--replay", default=None, metavar="STEM.actions.jsonl",
+                     help="regenerate this recording with its model and seed; exit 1 if any frame differs")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--scale", type=int, default=4, help="MP4 pixels per frame pixel (default: 4)")
+    r.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _spec(args: argparse.Namespace) -> EngineSpec:
+    model = args.model
+    if model is None and args.preset is None:
+        if not BUNDLED_MODEL.is_dir():
+            raise ValueError(f"the bundled model {BUNDLED_MODEL} is missing; pass --model or --preset")
+        model = str(BUNDLED_MODEL)
+    return EngineSpec(model=model, preset=args.preset or "small", steps=args.steps, dtype=args.dtype,
+                      device=args.device)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="worldstream", description="An interactive, streaming world model of Doom.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -168,20 +213,13 @@ def build_parser() -> argparse.ArgumentParser:
     _world_parsers(sub)
     _train_parsers(sub)
     _showcase_parser(sub)
-    for name, what in PLANNED.items():
-        sub.add_parser(name, help=f"{what} (not available yet)", add_help=False)
+    _play_parsers(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
-    if args.command in PLANNED:
-        print(f"worldstream {args.command}: not available yet ({PLANNED[args.command]}); "
-              f"it is planned in the issue tracker. Available now: {', '.join(COMMANDS)}.", file=sys.stderr)
-        return 2
-    if rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except (ValueError, ConfigError, CheckpointError, RuntimeError) as e:
@@ -289,7 +327,36 @@ def _showcase(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"bench": _bench, "collect": _collect, "replay": _replay, "eval": _eval, "make-suite": _make_suite,
+def _play(args: argparse.Namespace) -> int:
+    from app.server import ServeArgs, serve
+
+    spec = _spec(args)
+    serve(ServeArgs(model=spec.model, preset=spec.preset, steps=args.steps, dtype=args.dtype, device=args.device,
+                    host=args.host, port=args.port, token=args.token, max_sessions=args.max_sessions,
+                    fps=args.fps, recordings=args.recordings, seed=args.seed), spec)
+    return 0
+
+
+def _record(args: argparse.Namespace) -> int:
+    from app.record import RecordArgs, run_record
+
+    spec = None if args.replay is not None else _spec(args)
+    result = run_record(RecordArgs(out=args.out, seconds=args.seconds, actions=args.actions, policy=args.policy,
+                                   seed=args.seed, replay=args.replay, scale=args.scale, spec=spec))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    elif args.replay is not None:
+        verdict = "identical" if result["exact"] else f"DIFFERENT from frame {result['first_mismatch']}"
+        print(f"{result['out']}: {result['frames']} frames; {result['identical']} identical, "
+              f"{result['mismatched']} different -> {verdict}")
+    else:
+        print(f"{result['out']}: {result['frames']} frames ({result['seconds']:.1f} s of play) in "
+              f"{result['wall_s']:.1f} s ({result['fps_generated']:.1f} frames/s); actions: {result['actions']}")
+    return 0 if args.replay is None or result["exact"] else 1
+
+
+COMMANDS = {"play": _play, "record": _record, "bench": _bench, "collect": _collect, "replay": _replay, "eval": _eval,
+            "make-suite": _make_suite,
             "train": _train, "showcase": _showcase}
 
 

@@ -32,6 +32,12 @@ def test_bench_table_and_errors(capsys: pytest.CaptureFixture[str]) -> None:
         main(["bench", "--preset", "huge"])
 
 
-def test_planned_commands_say_so(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["play"]) == 2
-    assert "not available yet" in capsys.readouterr().err
+def test_play_and_record_reject_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["play", "--preset", "tiny", "--max-sessions", "0"]) == 2
+    assert "--max-sessions" in capsys.readouterr().err
+    assert main(["play", "--model", "/nonexistent"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["record", "--preset", "tiny", "--out", "x.avi"]) == 2
+    assert "--out must end in .mp4" in capsys.readouterr().err
+    assert main(["record", "--replay", "/nonexistent/x.actions.jsonl"]) == 2
+    assert "--replay needs" in capsys.readouterr().err

@@ -1,0 +1,90 @@
+"""Which engine a front end runs: model or preset, sampler overrides, dtype, device.
+
+play, record and replay build their engine from one ``EngineSpec``; recordings store its
+``describe()`` in meta.json so that a replay can build the identical engine again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.config import PRESETS, EngineConfig, SamplerConfig, get_preset
+from engine.engine import Engine
+
+DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# The model `make play` serves: resolved against the source tree (make installs it editable).
+BUNDLED_MODEL = Path(__file__).resolve().parents[1] / "assets" / "models" / "doom-small"
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    model: str | None = None  # checkpoint folder; None: ``preset`` with random weights
+    preset: str = "small"
+    steps: int | None = None  # override the checkpoint's sampler steps
+    sampler: str | None = None  # override the sampler kind
+    dtype: str = "bf16"
+    device: str = "cpu"
+    weight_seed: int = 0  # random weights of a preset
+
+    def __post_init__(self) -> None:
+        if self.model is None and self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; presets are {sorted(PRESETS)}")
+        if self.model is not None and not Path(self.model).is_dir():
+            raise ValueError(f"model folder {self.model} does not exist")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.steps is not None and not 1 <= self.steps <= 1000:
+            raise ValueError("steps must be in 1..1000")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError("device cuda: no CUDA device is available on this machine")
+
+    def config(self) -> EngineConfig:
+        if self.model is not None:
+            from engine.checkpoint import load_config
+
+            config = load_config(self.model)[0]
+        else:
+            config = get_preset(self.preset)
+        return dataclasses.replace(config, sampler=self.sampler_config(config.sampler))
+
+    def sampler_config(self, base: SamplerConfig) -> SamplerConfig:
+        out = base
+        if self.sampler is not None:
+            out = dataclasses.replace(out, kind=self.sampler)
+        if self.steps is not None:
+            out = dataclasses.replace(out, steps=self.steps)
+        return out
+
+    @property
+    def name(self) -> str:
+        return Path(self.model).name if self.model is not None else f"preset:{self.preset} (random weights)"
+
+    def build(self, slots: int = 1) -> Engine:
+        """The engine on slot 0 of a runner with ``slots`` cache slots (more sessions:
+        ``Engine(engine.runner, engine.decoder, slot=k)``)."""
+        config = self.config()
+        opts: dict[str, Any] = dict(device=self.device, dtype=DTYPES[self.dtype], slots=slots,
+                                    sampler=config.sampler)
+        if self.model is not None:
+            return Engine.from_checkpoint(self.model, **opts)
+        return Engine.build(config, seed=self.weight_seed, **opts)
+
+    def describe(self) -> dict[str, Any]:
+        """What a recording's meta.json stores (``from_description`` rebuilds the spec)."""
+        sampler = self.config().sampler
+        return {"model": str(Path(self.model).resolve()) if self.model is not None else None,
+                "preset": self.preset, "sampler": sampler.kind, "steps": sampler.steps,
+                "dtype": self.dtype, "device": self.device, "weight_seed": self.weight_seed}
+
+    @classmethod
+    def from_description(cls, d: dict[str, Any]) -> EngineSpec:
+        try:
+            return cls(model=d["model"], preset=d["preset"], steps=d["steps"], sampler=d["sampler"],
+                       dtype=d["dtype"], device=d.get("device", "cpu"), weight_seed=d.get("weight_seed", 0))
+        except KeyError as e:
+            raise ValueError(f"recording meta lacks the engine field {e}") from None

@@ -1,0 +1,133 @@
+"""``worldstream record``: headless rollouts to MP4, and exact replays of recordings.
+
+    worldstream record --seconds 60 --policy explore --seed 3 --out rollout.mp4
+    worldstream record --actions my.actions.jsonl --out rollout.mp4
+    worldstream record --replay recordings/<id>.actions.jsonl [--out again.mp4]
+
+Every recording (live or headless) is STEM.mp4 + STEM.actions.jsonl + STEM.meta.json
+(app/recorder.py). A replay rebuilds the engine from meta.json, replays the events from the
+rollout's reset and checks every recorded frame's SHA-1 against the file.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from app.engine_spec import EngineSpec
+from app.recorder import Recorder, event_action, event_reset, event_step, frame_sha1, read_events, stem_of
+from engine.world.policy import ExplorePolicy
+
+POLICIES = ("explore",)
+
+
+@dataclass(frozen=True)
+class RecordArgs:
+    out: str | None = None  # STEM.mp4 (replay default: STEM.replay.mp4 next to the recording)
+    seconds: float | None = None  # default 60 with --policy; the whole file with --actions
+    actions: str | None = None  # an actions.jsonl to follow
+    policy: str = "explore"
+    seed: int = 0
+    replay: str | None = None  # a recording's actions.jsonl: regenerate it exactly
+    scale: int = 4  # MP4 pixels per frame pixel (nearest neighbour)
+    spec: EngineSpec | None = None  # the engine (not used by --replay: meta.json names it)
+
+
+def run_record(args: RecordArgs) -> dict[str, Any]:
+    if args.replay is not None:
+        return replay(args)
+    if args.out is None:
+        raise ValueError("--out is required (STEM.mp4)")
+    if not str(args.out).endswith(".mp4"):
+        raise ValueError(f"--out must end in .mp4, got {args.out}")
+    if args.policy not in POLICIES:
+        raise ValueError(f"--policy must be one of {POLICIES}")
+    if args.seconds is not None and not 0 < args.seconds <= 3600:
+        raise ValueError("--seconds must be in (0, 3600]")
+    spec = args.spec or EngineSpec()
+    engine = spec.build()
+    fps = engine.config.frame.fps
+    if args.actions is not None:
+        events = read_events(args.actions)
+        if not events or events[0]["event"] != "reset":
+            events = [event_reset(args.seed), *events]
+        if args.seconds is not None:
+            events = events[: round(args.seconds * fps) + 1]
+        source = f"actions:{args.actions}"
+    else:
+        events = [event_reset(args.seed)] + [None] * round((args.seconds or 60.0) * fps)  # policy fills in
+        source = f"policy:{args.policy}"
+    policy = ExplorePolicy(seed=args.seed)
+    meta = {"engine": spec.describe(), "model": spec.name, "seed": args.seed, "source": source}
+    recorder = Recorder(stem_of(args.out), meta, fps, scale=args.scale)
+    start = time.perf_counter()
+    try:
+        for event in tqdm(events, desc="record", unit="frame", file=sys.stderr, disable=None):
+            if event is None:
+                event = event_step(policy({}))
+            if event["event"] == "reset":
+                frame = engine.reset(event["seed"])
+                event = event_reset(event["seed"])
+            else:
+                frame = engine.step(event_action(event))
+                event = event_step(event_action(event))
+            recorder.add(event, frame.index, frame.rgb)
+    finally:
+        final = recorder.close()
+    wall = time.perf_counter() - start
+    return {"out": str(recorder.video_path), "actions": str(recorder.actions_path), "frames": final["frames"],
+            "seconds": final["seconds"], "wall_s": round(wall, 2), "fps_generated": final["frames"] / wall,
+            "bytes": final["bytes"]}
+
+
+def replay(args: RecordArgs) -> dict[str, Any]:
+    """Regenerate a recording from its events; count frames identical to the recorded ones."""
+    assert args.replay is not None
+    stem = stem_of(args.replay)
+    actions, meta_path = stem.with_name(stem.name + ".actions.jsonl"), stem.with_name(stem.name + ".meta.json")
+    for p in (actions, meta_path):
+        if not p.is_file():
+            raise ValueError(f"--replay needs {p} (a recording is STEM.mp4 + STEM.actions.jsonl + STEM.meta.json)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{meta_path}: not JSON ({e})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("engine"), dict) or "fps" not in meta:
+        raise ValueError(f"{meta_path}: not a worldstream recording meta (needs \"engine\" and \"fps\")")
+    spec = EngineSpec.from_description(meta["engine"])
+    events = read_events(actions)
+    if not events or events[0]["event"] != "reset":
+        raise ValueError(f"{actions}: a recording starts with a reset event")
+    out = Path(args.out) if args.out is not None else stem.with_name(stem.name + ".replay.mp4")
+    engine = spec.build()
+    recorder = Recorder(stem_of(out), {**meta, "source": f"replay:{actions}"}, float(meta["fps"]),
+                        scale=int(meta.get("scale", args.scale)))
+    identical = mismatched = 0
+    first_mismatch: int | None = None
+    try:
+        for event in tqdm(events, desc="replay", unit="frame", file=sys.stderr, disable=None):
+            if event["event"] == "reset":
+                frame = engine.reset(event["seed"])
+                clean = event_reset(event["seed"])
+            else:
+                frame = engine.step(event_action(event))
+                clean = event_step(event_action(event))
+            if not event.get("rec", True):
+                continue
+            recorder.add(clean, frame.index, frame.rgb)
+            if "sha1" in event:
+                if frame_sha1(frame.rgb) == event["sha1"]:
+                    identical += 1
+                else:
+                    mismatched += 1
+                    first_mismatch = frame.index if first_mismatch is None else first_mismatch
+    finally:
+        final = recorder.close()
+    return {"out": str(recorder.video_path), "frames": final["frames"], "identical": identical,
+            "mismatched": mismatched, "first_mismatch": first_mismatch, "exact": mismatched == 0 and identical > 0}

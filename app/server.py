@@ -1,0 +1,289 @@
+"""``worldstream play``: one uvicorn process serving the world to browsers.
+
+Routes (FastAPI, defined before Gradio is mounted at "/", which would shadow them)::
+
+    /ws                         the play socket (protocol: app/protocol.py)
+    /healthz                    JSON: model, sessions, server CPU
+    /recordings/{id}.mp4        a recording (also {id}.actions.jsonl, {id}.meta.json); ids, never paths
+    /                           the Gradio page (app/page.py)
+
+Per connection: a receive loop that only updates the session's input and queues commands, and a
+sender task that paces frames at the session's FPS. Every engine call runs in one worker thread
+(the model is one set of weights; sessions own cache slots): the event loop never computes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import resource
+import secrets
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import FileResponse, JSONResponse
+
+from app.engine_spec import EngineSpec
+from app.protocol import Input, Pause, ProtocolError, RateLimit, Record, Reset, Stats, parse
+from app.session import Outgoing, PlaySession, SessionInfo
+from engine.engine import Engine
+
+log = logging.getLogger("worldstream.server")
+CLOSE_POLICY = 1008  # wrong or missing token
+CLOSE_FULL = 1013  # "try again later": the server is full
+RECORDING_NAME = re.compile(r"^([0-9a-f]{32})\.(mp4|actions\.jsonl|meta\.json)$")
+MEDIA = {"mp4": "video/mp4", "actions.jsonl": "application/x-ndjson", "meta.json": "application/json"}
+
+
+@dataclass(frozen=True)
+class ServeArgs:
+    model: str | None = None  # checkpoint folder; None: --preset with random weights
+    preset: str = "small"
+    steps: int | None = None  # override the model's sampler steps
+    dtype: str = "bf16"
+    device: str = "cpu"
+    host: str = "127.0.0.1"
+    port: int = 7860
+    token: str | None = None
+    max_sessions: int = 2
+    fps: float = 17.5
+    recordings: str = "recordings"
+    seed: int | None = None  # first rollout's seed (default: random per session)
+    rate_limit: float = 100.0  # client messages per second (bursts of twice that)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_sessions <= 64:
+            raise ValueError("--max-sessions must be in 1..64")
+        if not 1.0 <= self.fps <= 60.0:
+            raise ValueError("--fps must be in 1..60")
+        if self.token is not None and len(self.token) < 8:
+            raise ValueError("--token must be at least 8 characters")
+        if self.rate_limit <= 0:
+            raise ValueError("rate_limit must be positive")
+        if not 0 <= self.port <= 65535:
+            raise ValueError("--port must be in 0..65535")
+
+
+class CpuMeter:
+    """Process CPU time / wall time since the last reading (1.0 = one core busy)."""
+
+    def __init__(self) -> None:
+        self._last = (time.monotonic(), self._cpu())
+        self.value = 0.0
+
+    @staticmethod
+    def _cpu() -> float:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    def read(self) -> float:
+        now, cpu = time.monotonic(), self._cpu()
+        if now - self._last[0] >= 0.5:
+            self.value = (cpu - self._last[1]) / (now - self._last[0])
+            self._last = (now, cpu)
+        return self.value
+
+
+class Hub:
+    """The shared engine: weights + a cache with one slot per session, one worker thread."""
+
+    def __init__(self, args: ServeArgs, spec: EngineSpec) -> None:
+        self.args = args
+        self.spec = spec
+        base = spec.build(slots=args.max_sessions)
+        self._engines = [base] + [Engine(base.runner, base.decoder, slot=k) for k in range(1, args.max_sessions)]
+        self._free = list(range(args.max_sessions))
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self.queue_depth = 0  # engine calls waiting or running
+        self.cpu = CpuMeter()
+        self.info = SessionInfo(model=spec.name, fps=args.fps, engine=spec.describe(),
+                                recordings=Path(args.recordings).resolve())
+        frame = base.config.frame
+        self.frame_size = (frame.width, frame.height)
+
+    @property
+    def sessions(self) -> int:
+        return self.args.max_sessions - len(self._free)
+
+    def open(self) -> PlaySession | None:
+        if not self._free:
+            return None
+        return PlaySession(self._engines[self._free.pop(0)], self.info)
+
+    def release(self, session: PlaySession) -> None:
+        self._free.append(session.engine.slot)
+
+    async def run(self, fn: Any, *args: Any) -> Any:
+        self.queue_depth += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+        finally:
+            self.queue_depth -= 1
+
+    def health(self) -> dict[str, Any]:
+        return {"ok": True, "model": self.spec.name, "sessions": self.sessions,
+                "max_sessions": self.args.max_sessions, "target_fps": self.args.fps,
+                "server_cpu_cores": round(self.cpu.read(), 3), "queue_depth": self.queue_depth}
+
+
+class Connection:
+    """One websocket: receive loop + paced sender; sends are serialised so that a frame's
+    meta and its JPEG stay adjacent."""
+
+    def __init__(self, ws: WebSocket, hub: Hub, session: PlaySession) -> None:
+        self.ws, self.hub, self.session = ws, hub, session
+        self.paused = False
+        self.wake = asyncio.Event()
+        self.limit = RateLimit(hub.args.rate_limit, 2 * hub.args.rate_limit)
+        self._send_lock = asyncio.Lock()
+
+    async def send(self, messages: list[Outgoing]) -> None:
+        async with self._send_lock:
+            for m in messages:
+                if isinstance(m, bytes):
+                    await self.ws.send_bytes(m)
+                else:
+                    await self.ws.send_text(m)
+
+    async def error(self, message: str) -> None:
+        await self.send([json.dumps({"type": "error", "message": message})])
+
+    async def frames(self) -> None:
+        period = 1.0 / self.hub.args.fps
+        await self.send(await self.hub.run(self.session.start, self.hub.args.seed))
+        next_t = time.monotonic()
+        while True:
+            if self.paused:
+                await self.wake.wait()
+                self.wake.clear()
+                await self.send(await self.hub.run(self.session.tick, False))
+                next_t = time.monotonic()
+                continue
+            await self.send(await self.hub.run(self.session.tick, True))
+            next_t = max(next_t + period, time.monotonic())
+            await asyncio.sleep(next_t - time.monotonic())
+
+    async def receive(self) -> None:
+        while True:
+            msg = await self.ws.receive()
+            if msg["type"] == "websocket.disconnect":
+                return
+            if not self.limit.allow():
+                if self.limit.should_warn():
+                    await self.error(f"too many messages: limit {self.limit.rate:.0f}/s; "
+                                     f"{self.limit.dropped} dropped so far")
+                continue
+            try:
+                m = parse(msg.get("text") if msg.get("text") is not None else msg.get("bytes"))
+            except ProtocolError as e:
+                await self.error(str(e))
+                continue
+            if isinstance(m, Input):
+                self.session.set_input(m)
+            elif isinstance(m, Reset | Record):
+                self.session.command(m)
+                self.wake.set()
+            elif isinstance(m, Pause):
+                self.paused = m.paused
+                self.wake.set()
+                await self.send([json.dumps({"type": "paused", "paused": m.paused})])
+            elif isinstance(m, Stats):
+                h = self.hub.health()
+                stats = self.session.stats(sessions=h["sessions"], max_sessions=h["max_sessions"],
+                                           server_cpu_cores=h["server_cpu_cores"], queue_depth=h["queue_depth"],
+                                           paused=self.paused, dropped_messages=self.limit.dropped)
+                await self.send([json.dumps(stats)])
+
+
+def create_app(args: ServeArgs, spec: EngineSpec, page: bool = True) -> FastAPI:
+    hub = Hub(args, spec)
+    app = FastAPI(title="worldstream", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.hub = hub
+
+    def authorised(token: str | None) -> bool:
+        return args.token is None or (token is not None and secrets.compare_digest(token, args.token))
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        return JSONResponse(hub.health())
+
+    @app.get("/recordings/{name}")
+    async def recording(name: str, request: Request) -> FileResponse:
+        if not authorised(request.query_params.get("token")):
+            raise HTTPException(403, "missing or wrong token")
+        m = RECORDING_NAME.match(name)
+        if m is None:
+            raise HTTPException(404, "no such recording")
+        path = hub.info.recordings / name  # name is [0-9a-f]{32}.ext: cannot leave the folder
+        if not path.is_file():
+            raise HTTPException(404, "no such recording")
+        return FileResponse(path, media_type=MEDIA[m.group(2)], filename=f"worldstream-{name}")
+
+    @app.websocket("/ws")
+    async def play(ws: WebSocket) -> None:
+        await ws.accept()
+        if not authorised(ws.query_params.get("token")):
+            await ws.send_text(json.dumps({"type": "error", "code": "unauthorised",
+                                           "message": "missing or wrong token"}))
+            await ws.close(CLOSE_POLICY, "missing or wrong token")
+            return
+        session = hub.open()
+        if session is None:
+            message = f"server full: {args.max_sessions} sessions are playing; try again later"
+            await ws.send_text(json.dumps({"type": "error", "code": "server_full", "message": message}))
+            await ws.close(CLOSE_FULL, "server full")
+            return
+        conn = Connection(ws, hub, session)
+        w, h = hub.frame_size
+        sender: asyncio.Task | None = None
+        try:
+            await conn.send([json.dumps({"type": "hello", "session": session.id, "model": spec.name,
+                                         "fps": args.fps, "width": w, "height": h,
+                                         "steps": hub.info.engine["steps"]})])
+            sender = asyncio.create_task(conn.frames())
+            receiver = asyncio.create_task(conn.receive())
+            await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+            receiver.cancel()
+            if sender.done() and not sender.cancelled() and sender.exception() is not None:
+                error = sender.exception()
+                if not isinstance(error, WebSocketDisconnect):  # a disconnect mid-send is normal
+                    log.error("session %s: frame loop failed", session.id, exc_info=error)
+                    with contextlib.suppress(Exception):
+                        await conn.error(f"server error: {type(error).__name__}: {error}")
+                        await ws.close(1011, "server error")
+        except WebSocketDisconnect:
+            pass
+        finally:
+            if sender is not None:
+                sender.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await sender
+            hub.release(session)  # the slot is reset by its next session's first call
+            # Finalise a recording in progress (shielded: a cancelled handler still closes the file).
+            await asyncio.shield(hub.run(session.close))
+
+    if page:
+        import gradio as gr
+
+        from app.page import build_page
+
+        demo, css, head = build_page(hub.info.model, args.fps, (w_h := hub.frame_size)[0], w_h[1])
+        app = gr.mount_gradio_app(app, demo, path="/", css=css, head=head, footer_links=[])
+        app.state.hub = hub
+    return app
+
+
+def serve(args: ServeArgs, spec: EngineSpec) -> None:
+    import uvicorn
+
+    app = create_app(args, spec)
+    print(f"worldstream: serving {spec.name} at http://{args.host}:{args.port}/ "
+          f"(up to {args.max_sessions} sessions, {args.fps:g} FPS)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, ws_max_size=64 * 1024, log_level="warning")

@@ -1,0 +1,167 @@
+"""One player's session: an engine on its own cache slot, the latest input, commands, recording.
+
+Threading: the websocket's receive loop (event loop thread) only calls ``set_input`` and
+``command``; everything that touches the engine runs in ``tick``, which the server calls in its
+one engine worker thread. ``tick`` returns the messages to send (text JSON, then binary JPEG).
+
+    receive loop ──set_input/command──> PlaySession ──tick() in worker──> [frame meta, JPEG]
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import json
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from app.controls import to_action
+from app.protocol import MAX_SEED, Input, Record, Reset
+from app.recorder import Recorder, event_reset, event_step
+from engine.engine import Engine
+from engine.types import Frame
+
+Outgoing = str | bytes
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    model: str  # shown on the page
+    fps: float  # target frames per second
+    engine: dict[str, Any]  # EngineSpec.describe(), stored with recordings
+    recordings: Path  # where recordings are written
+    jpeg_quality: int = 90
+
+
+class PlaySession:
+    def __init__(self, engine: Engine, info: SessionInfo, session_id: str | None = None) -> None:
+        self.engine = engine
+        self.info = info
+        self.id = session_id or secrets.token_hex(8)
+        self._lock = threading.Lock()  # guards the fields the receive loop writes
+        self._input = Input(seq=0, ts=0.0, keys=(), gamepad=None)
+        self._commands: collections.deque[Reset | Record] = collections.deque(maxlen=64)
+        self._echoed_seq = 0  # seq 0: no input yet
+        self.seed = 0
+        self.history: list[dict[str, Any]] = []  # events since the last reset (for replayable recordings)
+        self.recorder: Recorder | None = None
+        self.recording_id: str | None = None
+        self._stage_ms: collections.deque[dict[str, float]] = collections.deque(maxlen=30)
+        self._sent: collections.deque[float] = collections.deque(maxlen=64)  # frame times
+        self.frames = 0
+
+    # ------------------------------------------------------------------ event-loop side
+    def set_input(self, msg: Input) -> None:
+        with self._lock:
+            self._input = msg
+
+    def command(self, msg: Reset | Record) -> None:
+        with self._lock:
+            self._commands.append(msg)
+
+    def pending(self) -> bool:
+        with self._lock:
+            return bool(self._commands)
+
+    # ------------------------------------------------------------------ worker side
+    def tick(self, step: bool) -> list[Outgoing]:
+        """Apply pending commands, then (if ``step`` or after a reset) make one frame."""
+        with self._lock:
+            commands = list(self._commands)
+            self._commands.clear()
+            inp = self._input
+        out: list[Outgoing] = []
+        frame: Frame | None = None
+        event: dict[str, Any] | None = None
+        for cmd in commands:
+            if isinstance(cmd, Reset):
+                frame, event = self._reset(cmd.seed)
+            else:
+                out += self._record(cmd.on)
+        if frame is None and step and self.engine.frame_index >= 0:
+            action = to_action(inp.keys, inp.gamepad)
+            frame, event = self.engine.step(action), event_step(action)
+            self.history.append(event)
+        if frame is not None and event is not None:
+            out += self._emit(frame, event, inp)
+        return out
+
+    def start(self, seed: int | None = None) -> list[Outgoing]:
+        """First frame of the session (x_0)."""
+        frame, event = self._reset(seed)
+        return self._emit(frame, event, self._input)
+
+    def close(self) -> dict[str, Any] | None:
+        """Finalise a recording in progress (disconnect); returns its meta."""
+        if self.recorder is None:
+            return None
+        meta = self.recorder.close()
+        self.recorder = None
+        return meta
+
+    def stats(self, **extra: Any) -> dict[str, Any]:
+        sent = list(self._sent)
+        fps = (len(sent) - 1) / (sent[-1] - sent[0]) if len(sent) > 1 and sent[-1] > sent[0] else 0.0
+        stages: dict[str, list[float]] = {}
+        for ms in list(self._stage_ms):
+            for k, v in ms.items():
+                stages.setdefault(k, []).append(v)
+        return {"type": "stats", "fps": round(fps, 2), "target_fps": self.info.fps,
+                "ms": {k: round(sum(v) / len(v), 2) for k, v in stages.items()},
+                "frame": self.engine.frame_index, "frames_sent": self.frames,
+                "recording": self.recording_id, **extra}
+
+    # ------------------------------------------------------------------ internals
+    def _reset(self, seed: int | None) -> tuple[Frame, dict[str, Any]]:
+        self.seed = seed if seed is not None else secrets.randbelow(MAX_SEED + 1)
+        frame = self.engine.reset(self.seed)
+        event = event_reset(self.seed)
+        self.history = [event]
+        return frame, event
+
+    def _record(self, on: bool) -> list[Outgoing]:
+        if on and self.recorder is None:
+            self.recording_id = secrets.token_hex(16)
+            meta = {"engine": self.info.engine, "model": self.info.model, "session": self.id,
+                    "seed": self.seed, "source": "play"}
+            # Events before now are the replay prefix; the next frame is the first recorded one.
+            self.recorder = Recorder(self.info.recordings / self.recording_id, meta, self.info.fps,
+                                     history=self.history)
+            return [json.dumps({"type": "recording", "state": "started", "id": self.recording_id})]
+        if not on and self.recorder is not None:
+            meta = self.close()
+            assert meta is not None and self.recording_id is not None
+            rid, self.recording_id = self.recording_id, None
+            return [json.dumps({"type": "recording", "state": "stopped", "id": rid,
+                                "url": f"recordings/{rid}.mp4", "frames": meta["frames"],
+                                "seconds": round(meta["seconds"], 2)})]
+        state = "started" if on else "stopped"
+        return [json.dumps({"type": "error", "message": f"recording already {state}"})]
+
+    def _emit(self, frame: Frame, event: dict[str, Any], inp: Input) -> list[Outgoing]:
+        t0 = time.perf_counter()
+        buf = io.BytesIO()
+        Image.fromarray(frame.rgb).save(buf, format="JPEG", quality=self.info.jpeg_quality)
+        t1 = time.perf_counter()
+        if self.recorder is not None:
+            self.recorder.add(event, frame.index, frame.rgb)
+        t2 = time.perf_counter()
+        ms = {**frame.timings_ms, "jpeg": (t1 - t0) * 1e3}
+        if self.recorder is not None:
+            ms["record"] = (t2 - t1) * 1e3
+        self._stage_ms.append(ms)
+        self._sent.append(time.monotonic())
+        self.frames += 1
+        # Echo the input only with the first frame that used it: that frame is its "photon".
+        fresh = inp.seq != self._echoed_seq
+        self._echoed_seq = inp.seq
+        meta = {"type": "frame", "index": frame.index, "seq": inp.seq if fresh else None,
+                "ts": inp.ts if fresh else None, "action": list(frame.action.names) if frame.action else [],
+                "ms": {k: round(v, 2) for k, v in ms.items()}}
+        return [json.dumps(meta), buf.getvalue()]

@@ -1,0 +1,113 @@
+"""End to end in headless Chromium (Debian `chromium` + Playwright): the page loads, frames are
+drawn, keys and a gamepad reach the engine, the record button yields a downloadable MP4.
+Skipped when Chromium or Playwright is absent (`.ci/run` installs both)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import av
+import pytest
+
+from app.engine_spec import EngineSpec
+from app.server import ServeArgs, create_app
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed")
+FLAGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--no-first-run", "--disable-gpu"]
+# A fake standard-mapping gamepad with the left stick pushed up (forward).
+FAKE_PAD = """
+navigator.getGamepads = () => [{id: "Fake Pad (test)", index: 0, connected: true, mapping: "standard",
+  axes: [0, window.__padY ?? 0, 0, 0], buttons: Array.from({length: 17}, () => ({value: 0, pressed: false}))}];
+"""
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    import uvicorn
+
+    rec = tmp_path_factory.mktemp("rec")
+    spec = EngineSpec(preset="tiny", dtype="fp32")
+    app = create_app(ServeArgs(preset="tiny", recordings=str(rec), fps=20.0, token="browser-test"), spec)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert srv.started, "uvicorn did not start"
+    yield f"http://127.0.0.1:{port}/?token=browser-test", rec
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_play_in_the_browser(server: tuple[str, Path]) -> None:
+    url, rec = server
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            page = browser.new_page()
+            page.add_init_script(FAKE_PAD)
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(url)
+            page.wait_for_function("window.worldstream && window.worldstream.framesDrawn > 5", timeout=60_000)
+            assert page.locator(".ws-status").get_attribute("data-state") == "live"
+            assert page.locator(".ws-pad").get_attribute("data-on") == "true"  # the gamepad indicator
+            assert page.locator(".ws-keys tr").count() == 8  # the key map is shown
+            # keyboard: keys act once the view has focus
+            page.click(".ws-stage")
+            page.keyboard.down("ArrowLeft")
+            page.wait_for_function("window.worldstream.held.includes('turn_left')", timeout=20_000)
+            page.keyboard.up("ArrowLeft")
+            page.wait_for_function("window.worldstream.held.length === 0", timeout=20_000)
+            assert page.evaluate("window.worldstream.latencies.length") >= 1  # key-to-photon measured
+            # gamepad: left stick up -> forward
+            page.evaluate("window.__padY = -1")
+            page.wait_for_function("window.worldstream.held.includes('forward')", timeout=20_000)
+            page.evaluate("window.__padY = 0")
+            # record -> stop -> the download link serves an MP4
+            page.click(".ws-record")
+            page.wait_for_function("window.worldstream.recording !== null", timeout=20_000)
+            page.wait_for_timeout(600)
+            page.click(".ws-record")
+            link = page.locator(".ws-list a").first
+            link.wait_for(timeout=20_000)
+            href = link.get_attribute("href")
+            assert href is not None and "token=browser-test" in href
+            body = page.request.get(url.split("?")[0] + href).body()
+            assert body[4:8] == b"ftyp"
+            video = rec / "downloaded.mp4"
+            video.write_bytes(body)
+            with av.open(str(video)) as c:
+                frames = sum(1 for _ in c.decode(video=0))
+            assert frames == json.loads(page.evaluate("JSON.stringify(window.worldstream.recordings[0])"))["frames"]
+            assert frames > 0
+            assert not errors, errors
+        finally:
+            browser.close()
+
+
+def test_the_page_without_token_is_refused(server: tuple[str, Path]) -> None:
+    url, _ = server
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            page = browser.new_page()
+            page.goto(url.split("?")[0])
+            page.wait_for_function("document.querySelector('.ws-status')?.dataset.state === 'closed'",
+                                   timeout=30_000)
+            assert "token" in page.locator(".ws-status-text").inner_text()
+        finally:
+            browser.close()
