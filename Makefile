@@ -23,7 +23,7 @@ play: $(STAMP)
 	$(BIN)/worldstream play --host 127.0.0.1 --port 7860 --steps 2
 
 test: $(STAMP)
-	$(BIN)/ruff check app engine kernels train tests
+	$(BIN)/ruff check app engine kernels train tests scripts
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

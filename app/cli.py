@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -174,7 +175,8 @@ def _play_parsers(sub: argparse._SubParsersAction) -> None:
     _engine_args(p)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--token", default=None, help="require ?token=T on the page, socket and downloads")
+    p.add_argument("--token", default=os.environ.get("WORLDSTREAM_TOKEN") or None,
+                   help="require ?token=T on the socket and downloads (default: $WORLDSTREAM_TOKEN, else none)")
     p.add_argument("--max-sessions", type=int, default=2, help="players at once (default: 2)")
     p.add_argument("--fps", type=float, default=17.5, help="frames per second per session (default: 17.5)")
     p.add_argument("--recordings", default="recordings", metavar="DIR", help="where recordings go")
@@ -192,7 +194,7 @@ def _play_parsers(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--replay", default=None, metavar="STEM.actions.jsonl",
                      help="regenerate this recording with its model and seed; exit 1 if any frame differs")
     r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--scale", type=int, default=4, help="MP4 pixels per frame pixel (default: 4)")
+    r.add_argument("--scale", type=int, default=3, help="MP4 pixels per frame pixel (default: 3)")
     r.add_argument("--json", action="store_true", help="print one JSON object")
 
 

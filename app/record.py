@@ -35,7 +35,7 @@ class RecordArgs:
     policy: str = "explore"
     seed: int = 0
     replay: str | None = None  # a recording's actions.jsonl: regenerate it exactly
-    scale: int = 4  # MP4 pixels per frame pixel (nearest neighbour)
+    scale: int = 3  # MP4 pixels per frame pixel (nearest neighbour)
     spec: EngineSpec | None = None  # the engine (not used by --replay: meta.json names it)
 
 

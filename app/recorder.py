@@ -70,7 +70,7 @@ class Recorder:
     ``reset``/step events as they happen; ``close()`` finalises (also after errors)."""
 
     def __init__(self, stem: str | Path, meta: dict[str, Any], fps: float,
-                 history: Iterable[dict[str, Any]] = (), scale: int = 4, crf: int = 20) -> None:
+                 history: Iterable[dict[str, Any]] = (), scale: int = 3, crf: int = 23) -> None:
         if not 1 <= scale <= 8:
             raise ValueError("scale must be in 1..8")
         self.video_path, self.actions_path, self.meta_path = paths(stem)

@@ -247,7 +247,7 @@ def test_recording_to_mp4_download_and_exact_replay(tmp_path: Path, make_client:
     video.write_bytes(r.content)
     assert _decoded_frames(video) == stopped["frames"] >= 12
     with av.open(str(video)) as c:
-        assert (c.streams.video[0].width, c.streams.video[0].height) == (64, 48)  # 4x nearest-neighbour
+        assert (c.streams.video[0].width, c.streams.video[0].height) == (48, 36)  # 3x nearest-neighbour
     events = read_events(tmp_path / "rec" / f"{rid}.actions.jsonl")
     assert events[0]["event"] == "reset" and not events[0]["rec"]  # the replay prefix
     assert sum(e["rec"] for e in events) == stopped["frames"]
@@ -384,3 +384,29 @@ def test_headless_record_and_replay_cli(tmp_path: Path, capsys: pytest.CaptureFi
     capsys.readouterr()
     assert main(["record", "--replay", str(actions)]) == 1
     assert "DIFFERENT from frame 10" in capsys.readouterr().out
+
+
+def test_worldstream_play_serves_page_and_health() -> None:
+    """The real command: uvicorn on a free port, the Gradio page at /, /healthz, /ws routes."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "play", "--preset", "tiny", "--port", str(port)],
+                            cwd=Path(__file__).parents[1], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline, health = time.monotonic() + 120, None
+        while time.monotonic() < deadline and health is None:
+            try:
+                health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2).read())
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+                time.sleep(0.2)
+        assert health is not None and health["ok"] and health["max_sessions"] == 2
+        page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10).read().decode()
+        assert "worldstream — play" in page and "ws-root" in page  # title + our component
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

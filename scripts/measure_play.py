@@ -1,0 +1,107 @@
+"""Measure browser play end to end: served FPS, key-to-photon latency, server CPU, recording.
+
+Starts `worldstream play`'s app in-process on a free port, drives it from headless Chromium
+(Debian `chromium` + Playwright) the way a player does (hold a key, release, another key...), and
+prints one JSON object. Key-to-photon: from the browser's keydown timestamp to the moment the
+first frame that used that input is drawn on the canvas (the server echoes the input's timestamp).
+
+    python scripts/measure_play.py --model assets/models/doom-small --steps 2 --seconds 30 --record 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import socket
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import uvicorn
+from playwright.sync_api import sync_playwright
+
+from app.engine_spec import EngineSpec
+from app.server import ServeArgs, create_app
+
+FLAGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--no-first-run", "--disable-gpu"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None)
+    p.add_argument("--preset", default="small")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--fps", type=float, default=17.5)
+    p.add_argument("--seconds", type=float, default=30.0, help="playing time measured")
+    p.add_argument("--record", type=float, default=0.0, help="then record this many seconds of play")
+    args = p.parse_args()
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        raise SystemExit("needs Debian chromium (apt-get install chromium)")
+    spec = EngineSpec(model=args.model, preset=args.preset, steps=args.steps)
+    rec_dir = Path(tempfile.mkdtemp(prefix="worldstream-rec-"))
+    app = create_app(ServeArgs(model=args.model, preset=args.preset, steps=args.steps, fps=args.fps,
+                               recordings=str(rec_dir)), spec)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    while not server.started:
+        time.sleep(0.05)
+    hub = app.state.hub
+    out: dict = {"model": spec.name, "steps": hub.info.engine["steps"], "target_fps": args.fps}
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=FLAGS)
+        page = browser.new_page()
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.wait_for_function("window.worldstream && window.worldstream.framesDrawn > 10", timeout=120_000)
+        page.click(".ws-stage")
+        page.evaluate("window.worldstream.latencies.length = 0")
+        hub.cpu.read()
+        drawn0, t0 = page.evaluate("window.worldstream.framesDrawn"), time.monotonic()
+        keys, i = ["KeyW", "ArrowLeft", "KeyW", "ArrowRight", "KeyD"], 0
+        while time.monotonic() - t0 < args.seconds:  # hold 0.4 s, release 0.2 s: ~1.7 inputs/s
+            page.keyboard.down(keys[i % len(keys)])
+            time.sleep(0.4)
+            page.keyboard.up(keys[i % len(keys)])
+            time.sleep(0.2)
+            i += 1
+        wall = time.monotonic() - t0
+        state = page.evaluate("window.worldstream")
+        lat = sorted(state["latencies"])
+        out.update(
+            client_fps=round((state["framesDrawn"] - drawn0) / wall, 2),
+            server_fps=state["serverStats"]["fps"],
+            server_ms=state["serverStats"]["ms"],
+            server_cpu_cores=round(hub.cpu.read(), 3),
+            key_to_photon_ms={"n": len(lat), "median": round(statistics.median(lat), 1),
+                              "p95": round(lat[min(len(lat) - 1, int(0.95 * len(lat)))], 1)},
+        )
+        if args.record > 0:
+            page.click(".ws-record")
+            page.wait_for_function("window.worldstream.recording !== null")
+            page.keyboard.down("KeyW")
+            time.sleep(args.record)
+            page.keyboard.up("KeyW")
+            t1 = time.monotonic()
+            page.click(".ws-record")
+            page.wait_for_selector(".ws-list a", timeout=120_000)
+            stop_s = time.monotonic() - t1
+            rec = page.evaluate("window.worldstream.recordings[0]")
+            meta = json.loads((rec_dir / f"{rec['id']}.meta.json").read_text())
+            state = page.evaluate("window.worldstream")
+            out["recording"] = {"wall_s": args.record, "frames": rec["frames"], "video_s": rec["seconds"],
+                                "mp4_bytes": meta["bytes"], "stop_to_link_s": round(stop_s, 3),
+                                "record_ms_per_frame": state["serverStats"]["ms"].get("record")}
+        browser.close()
+    server.should_exit = True
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
