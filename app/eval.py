@@ -72,27 +72,15 @@ class EvalArgs:
 def make_predictor(args: EvalArgs) -> Predictor:
     if args.predictor is not None:
         return BASELINES[args.predictor]()
-    import dataclasses
+    from app.engine_spec import EngineSpec
 
-    import torch
-
-    from engine.checkpoint import load_config
-    from engine.config import get_preset
-    from engine.engine import Engine
-
-    config = load_config(args.model)[0] if args.model is not None else get_preset(str(args.preset))
-    sampler = config.sampler
-    if args.sampler is not None:
-        sampler = dataclasses.replace(sampler, kind=args.sampler)
-    if args.steps is not None:
-        sampler = dataclasses.replace(sampler, steps=args.steps)
-    opts = dict(device=args.device, sampler=sampler,
-                dtype=torch.bfloat16 if args.dtype == "bf16" else torch.float32)
+    spec = EngineSpec(model=args.model, preset=str(args.preset), steps=args.steps, sampler=args.sampler,
+                      dtype=args.dtype, device=args.device)
+    sampler = spec.config().sampler
     # The name carries the sampler: a resumed run never mixes rows of different settings.
     tag = f"{sampler.kind}x{sampler.steps}" + ("-bf16" if args.dtype == "bf16" else "")
-    if args.model is not None:
-        return EnginePredictor(Engine.from_checkpoint(args.model, **opts), f"model:{args.model}:{tag}")
-    return EnginePredictor(Engine.from_preset(str(args.preset), **opts), f"preset:{args.preset}:{tag}")
+    what = f"model:{args.model}" if args.model is not None else f"preset:{args.preset}"
+    return EnginePredictor(spec.build(), f"{what}:{tag}")
 
 
 def score_episode(ep: EvalEpisode, predictor: Predictor, fps: float, seconds: float | None,

@@ -22,6 +22,8 @@ from tqdm import tqdm
 
 from app.engine_spec import EngineSpec
 from app.recorder import Recorder, event_action, event_reset, event_step, frame_sha1, read_events, stem_of
+from engine.engine import Engine
+from engine.types import Frame
 from engine.world.policy import ExplorePolicy
 
 POLICIES = ("explore",)
@@ -37,6 +39,14 @@ class RecordArgs:
     replay: str | None = None  # a recording's actions.jsonl: regenerate it exactly
     scale: int = 3  # MP4 pixels per frame pixel (nearest neighbour)
     spec: EngineSpec | None = None  # the engine (not used by --replay: meta.json names it)
+
+
+def play_event(engine: Engine, event: dict[str, Any]) -> tuple[Frame, dict[str, Any]]:
+    """Apply one actions.jsonl event; returns the frame and the event as it is written back."""
+    if event["event"] == "reset":
+        return engine.reset(event["seed"]), event_reset(event["seed"])
+    action = event_action(event)
+    return engine.step(action), event_step(action)
 
 
 def run_record(args: RecordArgs) -> dict[str, Any]:
@@ -69,15 +79,8 @@ def run_record(args: RecordArgs) -> dict[str, Any]:
     start = time.perf_counter()
     try:
         for event in tqdm(events, desc="record", unit="frame", file=sys.stderr, disable=None):
-            if event is None:
-                event = event_step(policy({}))
-            if event["event"] == "reset":
-                frame = engine.reset(event["seed"])
-                event = event_reset(event["seed"])
-            else:
-                frame = engine.step(event_action(event))
-                event = event_step(event_action(event))
-            recorder.add(event, frame.index, frame.rgb)
+            frame, clean = play_event(engine, event if event is not None else event_step(policy({})))
+            recorder.add(clean, frame.index, frame.rgb)
     finally:
         final = recorder.close()
     wall = time.perf_counter() - start
@@ -112,12 +115,7 @@ def replay(args: RecordArgs) -> dict[str, Any]:
     first_mismatch: int | None = None
     try:
         for event in tqdm(events, desc="replay", unit="frame", file=sys.stderr, disable=None):
-            if event["event"] == "reset":
-                frame = engine.reset(event["seed"])
-                clean = event_reset(event["seed"])
-            else:
-                frame = engine.step(event_action(event))
-                clean = event_step(event_action(event))
+            frame, clean = play_event(engine, event)
             if not event.get("rec", True):
                 continue
             recorder.add(clean, frame.index, frame.rgb)

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import av
 import pytest
@@ -52,62 +53,61 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
     thread.join(timeout=10)
 
 
-def test_play_in_the_browser(server: tuple[str, Path]) -> None:
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def test_play_in_the_browser(server: tuple[str, Path], browser: Any) -> None:
     url, rec = server
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        try:
-            page = browser.new_page()
-            page.add_init_script(FAKE_PAD)
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(url)
-            page.wait_for_function("window.worldstream && window.worldstream.framesDrawn > 5", timeout=60_000)
-            assert page.locator(".ws-status").get_attribute("data-state") == "live"
-            assert page.locator(".ws-pad").get_attribute("data-on") == "true"  # the gamepad indicator
-            assert page.locator(".ws-keys tr").count() == 8  # the key map is shown
-            # keyboard: keys act once the view has focus
-            page.click(".ws-stage")
-            page.keyboard.down("ArrowLeft")
-            page.wait_for_function("window.worldstream.held.includes('turn_left')", timeout=20_000)
-            page.keyboard.up("ArrowLeft")
-            page.wait_for_function("window.worldstream.held.length === 0", timeout=20_000)
-            assert page.evaluate("window.worldstream.latencies.length") >= 1  # key-to-photon measured
-            # gamepad: left stick up -> forward
-            page.evaluate("window.__padY = -1")
-            page.wait_for_function("window.worldstream.held.includes('forward')", timeout=20_000)
-            page.evaluate("window.__padY = 0")
-            # record -> stop -> the download link serves an MP4
-            page.click(".ws-record")
-            page.wait_for_function("window.worldstream.recording !== null", timeout=20_000)
-            page.wait_for_timeout(600)
-            page.click(".ws-record")
-            link = page.locator(".ws-list a").first
-            link.wait_for(timeout=20_000)
-            href = link.get_attribute("href")
-            assert href is not None and "token=browser-test" in href
-            body = page.request.get(url.split("?")[0] + href).body()
-            assert body[4:8] == b"ftyp"
-            video = rec / "downloaded.mp4"
-            video.write_bytes(body)
-            with av.open(str(video)) as c:
-                frames = sum(1 for _ in c.decode(video=0))
-            assert frames == json.loads(page.evaluate("JSON.stringify(window.worldstream.recordings[0])"))["frames"]
-            assert frames > 0
-            assert not errors, errors
-        finally:
-            browser.close()
+    page = browser.new_page()
+    page.add_init_script(FAKE_PAD)
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(url)
+    page.wait_for_function("window.worldstream && window.worldstream.framesDrawn > 5", timeout=60_000)
+    assert page.locator(".ws-status").get_attribute("data-state") == "live"
+    assert page.locator(".ws-pad").get_attribute("data-on") == "true"  # the gamepad indicator
+    assert page.locator(".ws-keys tr").count() == 8  # the key map is shown
+    # keyboard: keys act once the view has focus
+    page.click(".ws-stage")
+    page.keyboard.down("ArrowLeft")
+    page.wait_for_function("window.worldstream.held.includes('turn_left')", timeout=20_000)
+    page.keyboard.up("ArrowLeft")
+    page.wait_for_function("window.worldstream.held.length === 0", timeout=20_000)
+    assert page.evaluate("window.worldstream.latencies.length") >= 1  # key-to-photon measured
+    # gamepad: left stick up -> forward
+    page.evaluate("window.__padY = -1")
+    page.wait_for_function("window.worldstream.held.includes('forward')", timeout=20_000)
+    page.evaluate("window.__padY = 0")
+    # record -> stop -> the download link serves an MP4
+    page.click(".ws-record")
+    page.wait_for_function("window.worldstream.recording !== null", timeout=20_000)
+    page.wait_for_timeout(600)
+    page.click(".ws-record")
+    link = page.locator(".ws-list a").first
+    link.wait_for(timeout=20_000)
+    href = link.get_attribute("href")
+    assert href is not None and "token=browser-test" in href
+    body = page.request.get(url.split("?")[0] + href).body()
+    assert body[4:8] == b"ftyp"
+    video = rec / "downloaded.mp4"
+    video.write_bytes(body)
+    with av.open(str(video)) as c:
+        frames = sum(1 for _ in c.decode(video=0))
+    assert frames == json.loads(page.evaluate("JSON.stringify(window.worldstream.recordings[0])"))["frames"]
+    assert frames > 0
+    assert not errors, errors
 
 
-def test_the_page_without_token_is_refused(server: tuple[str, Path]) -> None:
+def test_the_page_without_token_is_refused(server: tuple[str, Path], browser: Any) -> None:
     url, _ = server
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        try:
-            page = browser.new_page()
-            page.goto(url.split("?")[0])
-            page.wait_for_function("document.querySelector('.ws-status')?.dataset.state === 'closed'",
-                                   timeout=30_000)
-            assert "token" in page.locator(".ws-status-text").inner_text()
-        finally:
-            browser.close()
+    page = browser.new_page()
+    page.goto(url.split("?")[0])
+    page.wait_for_function("document.querySelector('.ws-status')?.dataset.state === 'closed'", timeout=30_000)
+    assert "token" in page.locator(".ws-status-text").inner_text()

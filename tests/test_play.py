@@ -345,9 +345,7 @@ def test_fuzz_a_thousand_messages(make_client: MakeClient) -> None:
             (ws.send_bytes if isinstance(m, bytes) else ws.send_text)(m)
             sent_invalid += ok is None
             n += 1
-            if isinstance(ok, Stats):
-                sent_invalid += 0
-        errors = stats = 0
+        errors = 0
         ws.send_text('{"type": "stats"}')
         while True:
             t = ws.receive()
@@ -355,7 +353,6 @@ def test_fuzz_a_thousand_messages(make_client: MakeClient) -> None:
                 continue
             kind = json.loads(t["text"])["type"]
             errors += kind == "error"
-            stats += kind == "stats"
             if kind == "stats" and errors >= sent_invalid:
                 break
         assert errors == sent_invalid > 500
