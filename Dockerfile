@@ -21,4 +21,4 @@ RUN useradd --create-home player && mkdir -p /data/recordings && chown player /d
 USER player
 EXPOSE 7860
 HEALTHCHECK CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:7860/healthz')"
-CMD ["sh", "-c", "exec worldstream play --host 0.0.0.0 --port 7860 --steps 2 --recordings /data/recordings --token \"${WORLDSTREAM_TOKEN:?set WORLDSTREAM_TOKEN (8+ characters) to serve outside the container}\""]
+CMD ["sh", "-c", "exec worldstream play --host 0.0.0.0 --port 7860 --steps 1 --compile --recordings /data/recordings --token \"${WORLDSTREAM_TOKEN:?set WORLDSTREAM_TOKEN (8+ characters) to serve outside the container}\""]

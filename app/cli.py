@@ -166,6 +166,7 @@ def _engine_args(p: argparse.ArgumentParser, dtype: str = "bf16") -> None:
     p.add_argument("--steps", type=int, default=None, help="sampling steps per frame (default: the model's)")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default=dtype, help=f"(default: {dtype})")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model step (faster after warm-up)")
 
 
 def _play_parsers(sub: argparse._SubParsersAction) -> None:
@@ -205,7 +206,7 @@ def _spec(args: argparse.Namespace) -> EngineSpec:
             raise ValueError(f"the bundled model {BUNDLED_MODEL} is missing; pass --model or --preset")
         model = str(BUNDLED_MODEL)
     return EngineSpec(model=model, preset=args.preset or "small", steps=args.steps, dtype=args.dtype,
-                      device=args.device)
+                      device=args.device, compile=args.compile)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -30,6 +30,7 @@ class EngineSpec:
     dtype: str = "bf16"
     device: str = "cpu"
     weight_seed: int = 0  # random weights of a preset
+    compile: bool = False  # torch.compile the model step (first frames compile: seconds)
 
     def __post_init__(self) -> None:
         if self.model is None and self.preset not in PRESETS:
@@ -69,7 +70,7 @@ class EngineSpec:
         ``Engine(engine.runner, engine.decoder, slot=k)``)."""
         config = self.config()
         opts: dict[str, Any] = dict(device=self.device, dtype=DTYPES[self.dtype], slots=slots,
-                                    sampler=config.sampler)
+                                    sampler=config.sampler, compile=self.compile)
         if self.model is not None:
             return Engine.from_checkpoint(self.model, **opts)
         return Engine.build(config, seed=self.weight_seed, **opts)
@@ -79,12 +80,14 @@ class EngineSpec:
         sampler = self.config().sampler
         return {"model": str(Path(self.model).resolve()) if self.model is not None else None,
                 "preset": self.preset, "sampler": sampler.kind, "steps": sampler.steps,
-                "dtype": self.dtype, "device": self.device, "weight_seed": self.weight_seed}
+                "dtype": self.dtype, "device": self.device, "weight_seed": self.weight_seed,
+                "compile": self.compile}
 
     @classmethod
     def from_description(cls, d: dict[str, Any]) -> EngineSpec:
         try:
             return cls(model=d["model"], preset=d["preset"], steps=d["steps"], sampler=d["sampler"],
-                       dtype=d["dtype"], device=d.get("device", "cpu"), weight_seed=d.get("weight_seed", 0))
+                       dtype=d["dtype"], device=d.get("device", "cpu"), weight_seed=d.get("weight_seed", 0),
+                       compile=bool(d.get("compile", False)))
         except KeyError as e:
             raise ValueError(f"recording meta lacks the engine field {e}") from None

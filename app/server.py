@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import re
@@ -33,6 +34,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from app.engine_spec import EngineSpec
 from app.protocol import Input, Pause, ProtocolError, RateLimit, Record, Reset, Stats, parse
 from app.session import Outgoing, PlaySession, SessionInfo
+from engine.action import NOOP
 from engine.engine import Engine
 
 log = logging.getLogger("worldstream.server")
@@ -96,9 +98,16 @@ class Hub:
 
     def __init__(self, args: ServeArgs, spec: EngineSpec) -> None:
         self.args = args
-        self.spec = spec
-        base = spec.build(slots=args.max_sessions)
-        self._engines = [base] + [Engine(base.runner, base.decoder, slot=k) for k in range(1, args.max_sessions)]
+        try:
+            self._engines = self._warm(spec)
+        except Exception as e:  # torch.compile needs a working C++ toolchain; play must still start
+            if not spec.compile:
+                raise
+            log.warning("torch.compile failed (%s: %s); serving without --compile", type(e).__name__, e)
+            spec = dataclasses.replace(spec, compile=False)
+            self._engines = self._warm(spec)
+        self.spec = spec  # the effective spec (recordings store it for replay)
+        base = self._engines[0]
         self._free = list(range(args.max_sessions))
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
         self.queue_depth = 0  # engine calls waiting or running
@@ -107,6 +116,16 @@ class Hub:
                                 recordings=Path(args.recordings).resolve())
         frame = base.config.frame
         self.frame_size = (frame.width, frame.height)
+
+    def _warm(self, spec: EngineSpec) -> list[Engine]:
+        """An engine per slot, each stepped a few times (with --compile: compiled) before players come."""
+        base = spec.build(slots=self.args.max_sessions)
+        engines = [base] + [Engine(base.runner, base.decoder, slot=k) for k in range(1, self.args.max_sessions)]
+        for engine in engines:
+            engine.reset(0)
+            for _ in range(3):
+                engine.step(NOOP)
+        return engines
 
     @property
     def sessions(self) -> int:
@@ -283,6 +302,8 @@ def create_app(args: ServeArgs, spec: EngineSpec, page: bool = True) -> FastAPI:
 def serve(args: ServeArgs, spec: EngineSpec) -> None:
     import uvicorn
 
+    print(f"worldstream: loading {spec.name}" + (" and compiling the step (first time: ~1 min)" if spec.compile else "")
+          + " ...", flush=True)
     app = create_app(args, spec)
     print(f"worldstream: serving {spec.name} at http://{args.host}:{args.port}/ "
           f"(up to {args.max_sessions} sessions, {args.fps:g} FPS)", flush=True)

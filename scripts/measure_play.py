@@ -36,13 +36,15 @@ def main() -> None:
     p.add_argument("--preset", default="small")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--fps", type=float, default=17.5)
+    p.add_argument("--compile", action="store_true")
     p.add_argument("--seconds", type=float, default=30.0, help="playing time measured")
     p.add_argument("--record", type=float, default=0.0, help="then record this many seconds of play")
     args = p.parse_args()
     chromium = shutil.which("chromium")
     if chromium is None:
         raise SystemExit("needs Debian chromium (apt-get install chromium)")
-    spec = EngineSpec(model=args.model, preset=args.preset, steps=args.steps)
+    spec = EngineSpec(model=args.model, preset=args.preset, steps=args.steps, compile=args.compile)
+    t_start = time.monotonic()
     rec_dir = Path(tempfile.mkdtemp(prefix="worldstream-rec-"))
     app = create_app(ServeArgs(model=args.model, preset=args.preset, steps=args.steps, fps=args.fps,
                                recordings=str(rec_dir)), spec)
@@ -54,7 +56,8 @@ def main() -> None:
     while not server.started:
         time.sleep(0.05)
     hub = app.state.hub
-    out: dict = {"model": spec.name, "steps": hub.info.engine["steps"], "target_fps": args.fps}
+    out: dict = {"model": spec.name, "steps": hub.info.engine["steps"], "compile": args.compile,
+                 "target_fps": args.fps, "startup_s": round(time.monotonic() - t_start, 1)}
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium, args=FLAGS)
         page = browser.new_page()
