@@ -125,6 +125,9 @@ def _train_parsers(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--held-out", type=int, default=4, help="episodes held out for evaluation")
     w.add_argument("--context-sigma", type=float, default=0.05, help="noise level of context at inference")
     w.add_argument("--teacher-steps", type=int, default=16, help="Euler steps of the exported teacher")
+    w.add_argument("--action-weight", type=float, default=1.0,
+                   help="loss weight of frames just after an action change (default: 1, no emphasis)")
+    w.add_argument("--init", default=None, metavar="DIR", help="start from this checkpoint's weights (fine-tune)")
     w.add_argument("--device", default="cpu")
     w.add_argument("--seed", type=int, default=0)
     w.add_argument("--checkpoint-every", type=int, default=250)

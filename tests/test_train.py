@@ -19,7 +19,7 @@ from tests.conftest import make_model
 from train.data import LatentEpisode
 from train.loop import LoopConfig, Trainer, lr_at
 from train.tokenizer import TokenizerTask
-from train.world import WorldArgs, WorldTask
+from train.world import WorldArgs, WorldTask, action_change_weights
 
 TINY_TOK = TokenizerConfig(latent_channels=4, widths=(8, 16), blocks=(0, 1), height=16, width=24)
 
@@ -161,6 +161,19 @@ def test_clips_follow_the_inference_layout(tiny: EngineConfig) -> None:
     assert (sigma[~target] <= task.args.context_sigma_max).all()
 
 
+def test_action_change_weights() -> None:
+    a = torch.zeros(1, 9, 8)
+    a[0, 1:, 0] = 1  # sink (no action) -> forward: not a change (position 1 may follow a gap)
+    a[0, 5:, 4] = 1  # forward -> forward + turn_left at position 5
+    w = action_change_weights(a, 4.0)
+    assert w[0].tolist() == [1, 1, 1, 1, 1, 4, 4, 4, 1]  # the change and ACTION_LAG - 1 frames after
+    assert (action_change_weights(a, 1.0) == 1).all()
+    with pytest.raises(ValueError, match="action-weight"):
+        WorldArgs(data="-", tokenizer="-", out="-", action_weight=0.5)
+    with pytest.raises(ValueError, match="--init"):
+        WorldArgs(data="-", tokenizer="-", out="-", init="/nonexistent")
+
+
 def test_teacher_forced_clip_equals_cached_steps(tiny: EngineConfig) -> None:
     """Training's forward over a whole clip (per-frame noise, block-causal mask) gives what the
     engine's cached step-by-step forward gives for the same frames: train/infer consistency.
@@ -213,6 +226,18 @@ def test_train_cli_end_to_end(tmp_path: Path) -> None:
     assert meta["kind"].startswith("teacher") and meta["step"] == 1 and "hardware" in meta
     assert main(["train", "world", "--data", str(data), "--tokenizer", str(tmp_path / "nope"),
                  "--out", str(tmp_path / "w2")]) == 2
+    # a fine-tune from the export, with action-change emphasis, starts from its weights
+    from engine.checkpoint import load_weights
+    from engine.model.dit import DiT
+
+    ft = tmp_path / "finetune"
+    assert main(["train", "world", "--data", str(data), "--tokenizer", str(tok), "--out", str(ft), "--init",
+                 str(world), "--action-weight", "3", "--steps", "1", "--batch", "1", "--frames", "4",
+                 "--lr", "1e-9", "--checkpoint-every", "1"]) == 0
+    shapes = DiT(engine.config.model).state_dict()
+    before, after = load_weights(world, shapes), load_weights(ft, shapes)
+    assert all(torch.allclose(before[k].float(), after[k].float(), atol=1e-2) for k in before)
+    assert json.loads((ft / "config.json").read_text())["meta"]["args"]["init"] == str(world)
 
 
 def test_horizontal_shift_sign() -> None:

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from engine.cache import FullContext
-from engine.checkpoint import save_checkpoint
+from engine.checkpoint import load_config, load_weights, save_checkpoint
 from engine.config import EngineConfig, SamplerConfig, get_preset
 from engine.model.dit import DiT
 from engine.tokenizer import CONFIG as TOK_CONFIG
@@ -60,12 +60,36 @@ class WorldArgs:
     seed: int = 0
     checkpoint_every: int = 250
     ema: float = 0.995  # short CPU runs: a long EMA would average in early, poor weights
+    action_weight: float = 1.0  # loss weight of targets at most ACTION_LAG frames after an action change
+    init: str | None = None  # start from this checkpoint's weights (a fine-tune; resume still wins)
 
     def __post_init__(self) -> None:
         if not 0 < self.target_prob <= 1:
             raise ValueError("--target-prob must be in (0, 1]")
         if not 0 <= self.context_sigma <= self.context_sigma_max < 1:
             raise ValueError("need 0 <= --context-sigma <= --context-sigma-max < 1")
+        if self.action_weight < 1:
+            raise ValueError("--action-weight must be >= 1")
+        if self.init is not None and not Path(self.init).is_dir():
+            raise ValueError(f"--init: checkpoint folder {self.init} does not exist")
+
+
+# Frames whose content the action just changed: a change at t shows at t (turning) and keeps
+# changing the motion for a few frames (moving has momentum). History cannot predict them.
+ACTION_LAG = 3
+
+
+def action_change_weights(actions: torch.Tensor, weight: float) -> torch.Tensor:
+    """(B, F, A) clip actions -> (B, F) loss weights: ``weight`` for frames within ACTION_LAG
+    frames after an action change, 1 elsewhere. Position 0 (the sink) and 1 (after a possible
+    gap) have no known predecessor and never count as a change."""
+    b, f, _ = actions.shape
+    change = torch.zeros(b, f, dtype=torch.bool)
+    change[:, 2:] = (actions[:, 2:] != actions[:, 1:-1]).any(dim=-1)
+    recent = change.clone()
+    for k in range(1, ACTION_LAG):
+        recent[:, k:] |= change[:, :-k]
+    return 1.0 + (weight - 1.0) * recent.float()
 
 
 def clip_frames(args: WorldArgs, config: EngineConfig) -> int:
@@ -118,7 +142,8 @@ class WorldTask:
         return torch.where(target, sig_t, sig_c), target
 
     def flow_loss(self, model: nn.Module, x0: torch.Tensor, actions: torch.Tensor, index: torch.Tensor,
-                  sigma: torch.Tensor, target: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+                  sigma: torch.Tensor, target: torch.Tensor, g: torch.Generator,
+                  weight: torch.Tensor | None = None) -> torch.Tensor:
         dev = self.device
         x0, actions, index, sigma, target = (t.to(dev) for t in (x0, actions, index, sigma, target))
         eps = torch.randn(x0.shape, generator=g).to(dev)
@@ -127,12 +152,14 @@ class WorldTask:
         ctx = FullContext(index, self.n, self.sinks, self.window)
         v = model(xt, sigma, actions, ctx).float()  # (B, F, C, h, w)
         err = (v - (eps - x0)).pow(2).mean(dim=(2, 3, 4))  # (B, F)
-        return (err * target).sum() / target.sum()
+        w = target.float() if weight is None else target.float() * weight.to(dev)
+        return (err * w).sum() / w.sum()
 
     def loss(self, model: nn.Module, g: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         x0, actions, index = self.sample_clips(self.train, self.weights, self.args.batch, g)
         sigma, target = self.noise_levels(tuple(index.shape), g)
-        return self.flow_loss(model, x0, actions, index, sigma, target, g), {}
+        weight = action_change_weights(actions, self.args.action_weight) if self.args.action_weight != 1 else None
+        return self.flow_loss(model, x0, actions, index, sigma, target, g, weight), {}
 
     @torch.no_grad()
     def evaluate(self, ema: nn.Module) -> dict[str, float]:
@@ -191,6 +218,12 @@ def train_world(args: WorldArgs, progress: bool = True) -> dict[str, float]:
     torch.manual_seed(args.seed)
     model = DiT(config.model)
     model.init_weights(torch.Generator().manual_seed(args.seed), adaln_zero=True)
+    if args.init is not None:
+        init_config, _ = load_config(args.init)
+        if init_config.model != config.model:
+            raise ValueError(f"--init {args.init}: its model config differs from preset {args.preset} "
+                             f"(with --context-sigma {args.context_sigma})")
+        model.load_state_dict(load_weights(args.init, model.state_dict()))
     model.to(device)
     loop = LoopConfig(steps=args.steps, lr=args.lr, warmup=200, ema=args.ema, checkpoint_every=args.checkpoint_every,
                       seed=args.seed, bf16=True)
