@@ -23,10 +23,11 @@ import re
 import resource
 import secrets
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, HTTPException, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse, JSONResponse
@@ -38,6 +39,7 @@ from engine.action import NOOP
 from engine.engine import Engine
 
 log = logging.getLogger("worldstream.server")
+T = TypeVar("T")
 CLOSE_POLICY = 1008  # wrong or missing token
 CLOSE_FULL = 1013  # "try again later": the server is full
 RECORDING_NAME = re.compile(r"^([0-9a-f]{32})\.(mp4|actions\.jsonl|meta\.json)$")
@@ -139,7 +141,7 @@ class Hub:
     def release(self, session: PlaySession) -> None:
         self._free.append(session.engine.slot)
 
-    async def run(self, fn: Any, *args: Any) -> Any:
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
         self.queue_depth += 1
         try:
             return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -293,7 +295,7 @@ def create_app(args: ServeArgs, spec: EngineSpec, page: bool = True) -> FastAPI:
 
         from app.page import build_page
 
-        demo, css, head = build_page(hub.info.model, args.fps, (w_h := hub.frame_size)[0], w_h[1])
+        demo, css, head = build_page(hub.info.model, args.fps, *hub.frame_size)
         app = gr.mount_gradio_app(app, demo, path="/", css=css, head=head, footer_links=[])
         app.state.hub = hub
     return app
