@@ -21,7 +21,7 @@ from typing import Any
 from tqdm import tqdm
 
 from app.engine_spec import EngineSpec
-from app.recorder import Recorder, event_action, event_reset, event_step, frame_sha1, read_events, stem_of
+from app.recorder import Recorder, event_action, event_reset, event_step, frame_sha1, paths, read_events, stem_of
 from engine.engine import Engine
 from engine.types import Frame
 from engine.world.policy import ExplorePolicy
@@ -93,7 +93,7 @@ def replay(args: RecordArgs) -> dict[str, Any]:
     """Regenerate a recording from its events; count frames identical to the recorded ones."""
     assert args.replay is not None
     stem = stem_of(args.replay)
-    actions, meta_path = stem.with_name(stem.name + ".actions.jsonl"), stem.with_name(stem.name + ".meta.json")
+    _, actions, meta_path = paths(stem)
     for p in (actions, meta_path):
         if not p.is_file():
             raise ValueError(f"--replay needs {p} (a recording is STEM.mp4 + STEM.actions.jsonl + STEM.meta.json)")

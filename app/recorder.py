@@ -11,12 +11,12 @@ Files for a recording named STEM (live recordings: STEM = a random id under the 
 actions.jsonl replays the rollout from its reset, including frames before the recording began
 (``"rec": false``), so that ``worldstream record --replay`` can regenerate it exactly::
 
-    {"event": "reset", "seed": 3, "t": 0, "rec": false}
-    {"event": "step", "buttons": ["forward"], "t": 1, "rec": false}
+    {"event": "reset", "seed": 3, "rec": false}
+    {"event": "step", "buttons": ["forward"], "rec": false}
     {"event": "step", "buttons": ["forward", "turn_left"], "t": 2, "rec": true, "sha1": "9f2c..."}
 
 ``sha1`` is the hash of the frame's raw RGB bytes (before video compression), so a replay can
-prove it produced the identical frames.
+prove it produced the identical frames. Prefix lines carry neither ``t`` nor ``sha1``.
 """
 
 from __future__ import annotations

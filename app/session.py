@@ -65,10 +65,6 @@ class PlaySession:
         with self._lock:
             self._commands.append(msg)
 
-    def pending(self) -> bool:
-        with self._lock:
-            return bool(self._commands)
-
     # ------------------------------------------------------------------ worker side
     def tick(self, step: bool) -> list[Outgoing]:
         """Apply pending commands, then (if ``step`` or after a reset) make one frame."""
