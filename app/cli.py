@@ -337,8 +337,7 @@ def _play(args: argparse.Namespace) -> int:
     from app.server import ServeArgs, serve
 
     spec = _spec(args)
-    serve(ServeArgs(model=spec.model, preset=spec.preset, steps=args.steps, dtype=args.dtype, device=args.device,
-                    host=args.host, port=args.port, token=args.token, max_sessions=args.max_sessions,
+    serve(ServeArgs(host=args.host, port=args.port, token=args.token, max_sessions=args.max_sessions,
                     fps=args.fps, recordings=args.recordings, seed=args.seed), spec)
     return 0
 

@@ -48,11 +48,8 @@ MEDIA = {"mp4": "video/mp4", "actions.jsonl": "application/x-ndjson", "meta.json
 
 @dataclass(frozen=True)
 class ServeArgs:
-    model: str | None = None  # checkpoint folder; None: --preset with random weights
-    preset: str = "small"
-    steps: int | None = None  # override the model's sampler steps
-    dtype: str = "bf16"
-    device: str = "cpu"
+    """How to serve; which engine is the EngineSpec passed beside it."""
+
     host: str = "127.0.0.1"
     port: int = 7860
     token: str | None = None

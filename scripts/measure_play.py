@@ -46,8 +46,7 @@ def main() -> None:
     spec = EngineSpec(model=args.model, preset=args.preset, steps=args.steps, compile=args.compile)
     t_start = time.monotonic()
     rec_dir = Path(tempfile.mkdtemp(prefix="worldstream-rec-"))
-    app = create_app(ServeArgs(model=args.model, preset=args.preset, steps=args.steps, fps=args.fps,
-                               recordings=str(rec_dir)), spec)
+    app = create_app(ServeArgs(fps=args.fps, recordings=str(rec_dir)), spec)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

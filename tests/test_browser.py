@@ -37,7 +37,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
 
     rec = tmp_path_factory.mktemp("rec")
     spec = EngineSpec(preset="tiny", dtype="fp32")
-    app = create_app(ServeArgs(preset="tiny", recordings=str(rec), fps=20.0, token="browser-test"), spec)
+    app = create_app(ServeArgs(recordings=str(rec), fps=20.0, token="browser-test"), spec)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

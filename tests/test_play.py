@@ -37,7 +37,7 @@ def make_client(tmp_path: Path) -> Iterator[MakeClient]:
     clients: list[TestClient] = []
 
     def make(**kw: object) -> TestClient:
-        args = ServeArgs(preset="tiny", recordings=str(tmp_path / "rec"), **{"fps": 30.0, **kw})  # type: ignore[arg-type]
+        args = ServeArgs(recordings=str(tmp_path / "rec"), **{"fps": 30.0, **kw})  # type: ignore[arg-type]
         client = TestClient(create_app(args, TINY, page=False))
         client.__enter__()
         clients.append(client)
