@@ -2,7 +2,10 @@
 
 Both runs step the same engine code; only the KV cache is switched off in the second. Frames are
 timed after a warm-up long enough to fill the window (and to compile, with --compile), so both
-modes attend the same number of frames.
+modes attend the same number of frames. A frame is timed end to end as play serves it: model,
+decode, and JPEG encoding (the ``jpeg`` stage). ``--sweep 1,2,4,euler:16`` also times the same
+weights at other sampler settings in the same run: the steps-vs-FPS table (speed depends on the
+number of forwards, not on the weights, so ``euler:16`` is the teacher's cost).
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from app.session import jpeg_bytes
 from engine.action import BUTTONS, Action
-from engine.config import EngineConfig, get_preset
+from engine.config import ConfigError, EngineConfig, SamplerConfig, get_preset
 from engine.engine import Engine
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -41,6 +45,7 @@ class BenchArgs:
     recompute: bool = True  # also measure the no-cache baseline (for cache_speedup)
     recompute_frames: int | None = None  # default: min(frames, 30)
     seed: int = 0
+    sweep: tuple[str, ...] = ()  # other sampler settings to time: "STEPS" or "KIND:STEPS"
 
 
 def _actions(n: int, seed: int) -> list[Action]:
@@ -52,6 +57,18 @@ def _actions(n: int, seed: int) -> list[Action]:
         hold = int(torch.randint(4, 13, (1,), generator=g))
         out += [Action(tuple(bool(b) for b in buttons))] * hold
     return out[:n]
+
+
+def parse_sweep(items: tuple[str, ...], default: SamplerConfig) -> list[SamplerConfig]:
+    """"2" -> the config's sampler at 2 steps; "euler:16" -> Euler at 16 steps."""
+    out = []
+    for item in items:
+        kind, _, steps = item.rpartition(":")
+        try:
+            out.append(dataclasses.replace(default, kind=kind or default.kind, steps=int(steps)))
+        except (ValueError, ConfigError) as e:
+            raise ValueError(f"--sweep {item!r}: expected STEPS or KIND:STEPS, KIND euler|consistency ({e})") from None
+    return out
 
 
 def _config(args: BenchArgs) -> tuple[EngineConfig, str]:
@@ -82,7 +99,10 @@ def _run(engine: Engine, warmup: int, frames: int, seed: int, desc: str) -> dict
     bar = tqdm(engine.stream(actions[warmup:]), total=frames, desc=desc, unit="frame",
                file=sys.stderr, disable=None, leave=False)
     for frame in bar:
-        for stage, ms in frame.timings_ms.items():
+        t0 = time.perf_counter()
+        jpeg_bytes(frame.rgb)
+        jpeg_ms = (time.perf_counter() - t0) * 1e3
+        for stage, ms in {**frame.timings_ms, "jpeg": jpeg_ms}.items():
             stages.setdefault(stage, []).append(ms)
     wall = time.perf_counter() - start
     return {
@@ -105,14 +125,18 @@ def run_bench(args: BenchArgs) -> dict[str, Any]:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available on this machine")
     config, name = _config(args)
+    sweep = parse_sweep(args.sweep, config.sampler)
     m = config.model
     warmup = args.warmup if args.warmup is not None else m.sink_frames + m.window_frames + 2
     opts: dict[str, Any] = dict(device=args.device, dtype=DTYPES[args.dtype], seed=args.seed,
                                 attention=args.attention, compile=args.compile)
-    if args.model is not None:
-        engine = Engine.from_checkpoint(args.model, sampler=config.sampler, **opts)
-    else:
-        engine = Engine.build(config, **opts)
+
+    def build(sampler: SamplerConfig) -> Engine:
+        if args.model is not None:
+            return Engine.from_checkpoint(args.model, sampler=sampler, **opts)
+        return Engine.build(config, sampler=sampler, **opts)
+
+    engine = build(config.sampler)
     cached = _run(engine, warmup, args.frames, args.seed, "cached")
     on_cuda = args.device.startswith("cuda")
     result: dict[str, Any] = {
@@ -145,6 +169,12 @@ def run_bench(args: BenchArgs) -> dict[str, Any]:
         result["recompute_fps"] = slow["fps"]
         result["recompute_ms_per_frame"] = slow["ms_per_frame"]
         result["cache_speedup"] = cached["fps"] / slow["fps"]
+    if sweep:
+        result["sweep"] = []
+        for sampler in sweep:
+            run = _run(build(sampler), warmup, args.frames, args.seed, f"{sampler.kind} x {sampler.steps}")
+            result["sweep"].append({"sampler": sampler.kind, "steps": sampler.steps, "fps": run["fps"],
+                                    "ms_per_frame": run["ms_per_frame"]})
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if on_cuda:
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -158,11 +188,18 @@ def format_table(r: dict[str, Any]) -> str:
         f"{r['dtype']}, attention={r['attention']}, compile={r['compile']}",
         f"  {r['resolution']}, {r['tokens_per_frame']} tokens/frame, window {r['window_frames']} + "
         f"{r['sink_frames']} sink, {r['sampler']} x {r['steps']} step(s), {r['params'] / 1e6:.1f}M params",
-        f"  FPS (model + decode): {r['fps']:.1f}    model-only FPS: {r['model_fps']:.1f}",
+        f"  FPS end to end (model + decode + JPEG): {r['fps']:.1f}    model-only FPS: {r['model_fps']:.1f}",
         "  ms/frame: " + ", ".join(f"{k} {v:.2f}" for k, v in ms.items()),
     ]
     if "cache_speedup" in r:
         lines.append(f"  no-cache (recompute window) FPS: {r['recompute_fps']:.1f}    "
                      f"cache speed-up: {r['cache_speedup']:.1f}x")
+    if r.get("sweep"):
+        lines.append("  | sampler | steps | model ms | decode ms | JPEG ms | FPS end to end |")
+        lines.append("  |---|---|---|---|---|---|")
+        for row in [{"sampler": r["sampler"], "steps": r["steps"], "fps": r["fps"], "ms_per_frame": ms}, *r["sweep"]]:
+            t = row["ms_per_frame"]
+            lines.append(f"  | {row['sampler']} | {row['steps']} | {t.get('model', 0):.1f} | {t.get('decode', 0):.1f}"
+                         f" | {t.get('jpeg', 0):.1f} | {row['fps']:.1f} |")
     lines.append(f"  KV cache {r['cache_mb']:.1f} MiB, peak RSS {r['peak_rss_mb']:.0f} MiB")
     return "\n".join(lines)

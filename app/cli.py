@@ -37,6 +37,8 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--recompute-frames", type=int, default=None,
                    help="timed frames of the no-cache baseline (default: min(frames, 30))")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sweep", type=_items, default=(), metavar="LIST",
+                   help="also time these sampler settings in the same run, e.g. 1,2,4,euler:16")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -131,6 +133,30 @@ def _train_parsers(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--device", default="cpu")
     w.add_argument("--seed", type=int, default=0)
     w.add_argument("--checkpoint-every", type=int, default=250)
+
+    d = which.add_parser("distill", help="the few-step consistency student of a teacher",
+                         description="Consistency distillation: the student starts as the teacher and learns "
+                         "to jump along the teacher's Euler ODE in 1-2 steps.")
+    d.add_argument("--teacher", required=True, metavar="DIR", help="the teacher checkpoint (`train world`)")
+    d.add_argument("--data", required=True, metavar="DIR", help="shards from `worldstream collect`")
+    d.add_argument("--out", required=True, metavar="DIR")
+    d.add_argument("--student-steps", type=int, default=2, choices=[1, 2], help="steps the student ships with")
+    d.add_argument("--steps", type=int, default=3000)
+    d.add_argument("--batch", type=int, default=16, help="clips per step (one target frame each)")
+    d.add_argument("--lr", type=float, default=5e-5)
+    d.add_argument("--target-ema", type=float, default=0.95, help="EMA decay of the target network")
+    d.add_argument("--self-context", type=float, default=0.5,
+                   help="share of clips whose last history frames the student generates itself")
+    d.add_argument("--self-frames", type=int, default=4, help="at most this many generated history frames")
+    d.add_argument("--held-out", type=int, default=4, help="episodes held out for evaluation")
+    d.add_argument("--eval-clips", type=int, default=16, help="fixed held-out clips checked at every checkpoint")
+    d.add_argument("--device", default="cpu")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--checkpoint-every", type=int, default=250)
+
+
+def _items(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -313,6 +339,13 @@ def _train(args: argparse.Namespace) -> int:
 
         result = train_world(WorldArgs(**fields))
         print(f"{args.out}: teacher, held-out flow loss {result.get('loss', float('nan')):.4f}")
+    elif args.what == "distill":
+        from train.distill import DistillArgs, train_distill
+
+        result = train_distill(DistillArgs(**fields))
+        nan = float("nan")
+        print(f"{args.out}: student, held-out MSE to the teacher's samples: from sigma 1 "
+              f"{result.get('loss_1step', nan):.4f}, from sigma 0.5 {result.get('loss_mid', nan):.4f}")
     return 0
 
 

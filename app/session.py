@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from app.controls import to_action
@@ -29,6 +30,15 @@ from engine.types import Frame
 
 Outgoing = str | bytes
 
+JPEG_QUALITY = 90
+
+
+def jpeg_bytes(rgb: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
+    """One frame as the page receives it."""
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
 
 @dataclass(frozen=True)
 class SessionInfo:
@@ -36,7 +46,7 @@ class SessionInfo:
     fps: float  # target frames per second
     engine: dict[str, Any]  # EngineSpec.describe(), stored with recordings
     recordings: Path  # where recordings are written
-    jpeg_quality: int = 90
+    jpeg_quality: int = JPEG_QUALITY
 
 
 class PlaySession:
@@ -142,8 +152,7 @@ class PlaySession:
 
     def _emit(self, frame: Frame, event: dict[str, Any], inp: Input) -> list[Outgoing]:
         t0 = time.perf_counter()
-        buf = io.BytesIO()
-        Image.fromarray(frame.rgb).save(buf, format="JPEG", quality=self.info.jpeg_quality)
+        jpeg = jpeg_bytes(frame.rgb, self.info.jpeg_quality)
         t1 = time.perf_counter()
         if self.recorder is not None:
             self.recorder.add(event, frame.index, frame.rgb)
@@ -160,4 +169,4 @@ class PlaySession:
         meta = {"type": "frame", "index": frame.index, "seq": inp.seq if fresh else None,
                 "ts": inp.ts if fresh else None, "action": list(frame.action.names) if frame.action else [],
                 "ms": {k: round(v, 2) for k, v in ms.items()}}
-        return [json.dumps(meta), buf.getvalue()]
+        return [json.dumps(meta), jpeg]

@@ -16,8 +16,21 @@ def test_bench_json(capsys: pytest.CaptureFixture[str]) -> None:
     result = json.loads(capsys.readouterr().out)
     assert REQUIRED <= set(result)
     assert result["preset"] == "tiny" and result["frames"] == 6 and result["steps"] == 2
-    assert {"model", "decode", "total"} <= set(result["ms_per_frame"])
+    assert {"model", "decode", "total", "jpeg"} <= set(result["ms_per_frame"])  # end to end, as play serves
     assert result["fps"] > 0 and result["cache_speedup"] > 0 and result["params"] > 0
+
+
+def test_bench_sweep_times_other_sampler_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--preset", "tiny", "--frames", "3", "--no-recompute", "--sweep", "1,euler:4",
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    rows = [(r["sampler"], r["steps"]) for r in result["sweep"]]
+    assert rows == [("consistency", 1), ("euler", 4)]  # tiny's own sampler is consistency x 2
+    assert all(r["fps"] > 0 and "jpeg" in r["ms_per_frame"] for r in result["sweep"])
+    assert main(["bench", "--preset", "tiny", "--frames", "3", "--no-recompute", "--sweep", "1,2"]) == 0
+    assert "| consistency | 1 |" in capsys.readouterr().out
+    assert main(["bench", "--preset", "tiny", "--sweep", "heun:2"]) == 2
+    assert "--sweep" in capsys.readouterr().err
 
 
 def test_bench_table_and_errors(capsys: pytest.CaptureFixture[str]) -> None:

@@ -216,10 +216,11 @@ def test_train_cli_end_to_end(tmp_path: Path) -> None:
     assert main(["train", "tokenizer", "--data", str(data), "--out", str(tok), "--steps", "2",
                  "--batch", "2", "--checkpoint-every", "2"]) == 0
     assert main(["train", "world", "--data", str(data), "--tokenizer", str(tok), "--out", str(world),
-                 "--steps", "1", "--batch", "1", "--frames", "4", "--checkpoint-every", "1"]) == 0
+                 "--steps", "1", "--batch", "1", "--frames", "4", "--checkpoint-every", "1",
+                 "--teacher-steps", "2"]) == 0
     assert (data / "latents").is_dir()  # cached encodings
-    engine = Engine.from_checkpoint(world, sampler=SamplerConfig(kind="euler", steps=2))
-    assert engine.decoder.name.startswith("tokenizer") and engine.config.sampler.steps == 2
+    engine = Engine.from_checkpoint(world, sampler=SamplerConfig(kind="euler", steps=3))
+    assert engine.decoder.name.startswith("tokenizer") and engine.config.sampler.steps == 3
     frame = engine.reset(0)
     assert frame.rgb.shape == (120, 160, 3)
     meta = json.loads((world / "config.json").read_text())["meta"]
@@ -238,6 +239,21 @@ def test_train_cli_end_to_end(tmp_path: Path) -> None:
     before, after = load_weights(world, shapes), load_weights(ft, shapes)
     assert all(torch.allclose(before[k].float(), after[k].float(), atol=1e-2) for k in before)
     assert json.loads((ft / "config.json").read_text())["meta"]["args"]["init"] == str(world)
+    # distillation: a consistency student that plays, with its teacher and sampler recorded
+    student = tmp_path / "student"
+    assert main(["train", "distill", "--teacher", str(world), "--data", str(data), "--out", str(student),
+                 "--steps", "1", "--batch", "1", "--eval-clips", "1", "--self-context", "1",
+                 "--checkpoint-every", "1", "--student-steps", "1"]) == 0
+    s_engine = Engine.from_checkpoint(student)
+    assert s_engine.config.sampler == SamplerConfig(kind="consistency", steps=1, schedule="linear")
+    assert s_engine.config.model == engine.config.model
+    assert s_engine.reset(0).rgb.shape == (120, 160, 3)
+    s_meta = json.loads((student / "config.json").read_text())["meta"]
+    assert s_meta["kind"].startswith("student") and s_meta["teacher"] == str(world) and s_meta["step"] == 1
+    assert (student / "train" / "loss.png").is_file() and (student / "tokenizer.safetensors").is_file()
+    # a student is not a flow-matching teacher
+    assert main(["train", "distill", "--teacher", str(student), "--data", str(data),
+                 "--out", str(tmp_path / "s2"), "--steps", "1"]) == 2
 
 
 def test_horizontal_shift_sign() -> None:

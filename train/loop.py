@@ -24,7 +24,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -72,6 +72,21 @@ class Task(Protocol):
 
     def export(self, ema: nn.Module, folder: Path, meta: dict[str, Any]) -> None:
         """Write the shippable model (EMA weights) into ``folder``."""
+        ...
+
+
+@runtime_checkable
+class StatefulTask(Task, Protocol):
+    """A task with its own training state (distillation's target network): updated after each
+    optimizer step, saved in the checkpoint and restored on resume."""
+
+    def after_step(self, model: nn.Module) -> None:
+        ...
+
+    def state(self) -> dict[str, torch.Tensor]:
+        ...
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
         ...
 
 
@@ -133,6 +148,8 @@ class Trainer:
             grad_norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip))
             self.opt.step()
             self._update_ema()
+            if isinstance(self.task, StatefulTask):
+                self.task.after_step(self.model)
             self.step += 1
             self.wall_s += time.perf_counter() - t0
             window.append({"loss": float(loss.detach()), "grad_norm": grad_norm, **extra})
@@ -166,6 +183,8 @@ class Trainer:
     def _checkpoint(self) -> None:
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         tensors |= {f"ema.{k}": v for k, v in self.ema.state_dict().items()}
+        if isinstance(self.task, StatefulTask):
+            tensors |= {f"task.{k}": v for k, v in self.task.state().items()}
         opt = self.opt.state_dict()
         scalars: dict[str, dict[str, float]] = {}
         for idx, st in opt["state"].items():
@@ -201,6 +220,8 @@ class Trainer:
         dev = _device(self.model)
         self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         self.ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+        if isinstance(self.task, StatefulTask):
+            self.task.load_state({k[5:]: v.to(dev) for k, v in tensors.items() if k.startswith("task.")})
         state: dict[int, dict[str, Any]] = {}
         for k, v in tensors.items():
             if k.startswith("opt."):

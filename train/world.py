@@ -197,11 +197,27 @@ def teacher_config(args: WorldArgs) -> EngineConfig:
         sampler=SamplerConfig(kind="euler", steps=args.teacher_steps, schedule="linear"))
 
 
+def load_latent_data(data: str, tok_dir: Path, held_out: int, device: torch.device,
+                     progress: bool = True) -> tuple[list[LatentEpisode], list[LatentEpisode], dict[str, Any]]:
+    """(train episodes, held-out episodes, metadata) of ``data`` as latents of the tokenizer in
+    ``tok_dir`` (encoded once, then read from the cache next to the shards)."""
+    tokenizer, tok_meta = load_tokenizer(tok_dir)
+    encoder = TokenizerDecoder(tokenizer, device=device)
+    train_rows, eval_rows = split(episodes(data), held_out)
+    sha = file_sha(tok_dir / TOK_WEIGHTS)
+    train_eps = encode_episodes(data, train_rows, encoder.encode, sha, progress=progress)
+    eval_eps = encode_episodes(data, eval_rows, encoder.encode, sha, progress=progress)
+    meta = {"data": str(data), "tokenizer": str(tok_dir), "tokenizer_sha256": sha, "tokenizer_meta": tok_meta,
+            "train_episodes": len(train_eps), "train_frames": sum(len(e.latents) for e in train_eps),
+            "held_out_episodes": [r["episode"] for r in eval_rows]}
+    return train_eps, eval_eps, meta
+
+
 def train_world(args: WorldArgs, progress: bool = True) -> dict[str, float]:
     device = torch.device(args.device)
     config = teacher_config(args)
     tok_dir = Path(args.tokenizer)
-    tokenizer, tok_meta = load_tokenizer(tok_dir)
+    tokenizer, _ = load_tokenizer(tok_dir)
     if (tokenizer.cfg.latent_channels != config.model.latent_channels
             or tokenizer.cfg.height // tokenizer.cfg.stride != config.model.latent_height
             or tokenizer.cfg.width // tokenizer.cfg.stride != config.model.latent_width):
@@ -209,12 +225,7 @@ def train_world(args: WorldArgs, progress: bool = True) -> dict[str, float]:
                          f"{tokenizer.cfg.height // tokenizer.cfg.stride}x{tokenizer.cfg.width // tokenizer.cfg.stride}"
                          f" latents; preset {args.preset} needs {config.model.latent_channels}x"
                          f"{config.model.latent_height}x{config.model.latent_width}")
-    encoder = TokenizerDecoder(tokenizer, device=device)
-    rows = episodes(args.data)
-    train_rows, eval_rows = split(rows, args.held_out)
-    sha = file_sha(tok_dir / TOK_WEIGHTS)
-    train_eps = encode_episodes(args.data, train_rows, encoder.encode, sha, progress=progress)
-    eval_eps = encode_episodes(args.data, eval_rows, encoder.encode, sha, progress=progress)
+    train_eps, eval_eps, data_meta = load_latent_data(args.data, tok_dir, args.held_out, device, progress)
     torch.manual_seed(args.seed)
     model = DiT(config.model)
     model.init_weights(torch.Generator().manual_seed(args.seed), adaln_zero=True)
@@ -227,10 +238,7 @@ def train_world(args: WorldArgs, progress: bool = True) -> dict[str, float]:
     model.to(device)
     loop = LoopConfig(steps=args.steps, lr=args.lr, warmup=200, ema=args.ema, checkpoint_every=args.checkpoint_every,
                       seed=args.seed, bf16=True)
-    meta = {"kind": "teacher (flow matching)", "data": str(args.data), "tokenizer": str(tok_dir),
-            "tokenizer_sha256": sha, "tokenizer_meta": tok_meta, "train_episodes": len(train_eps),
-            "train_frames": sum(len(e.latents) for e in train_eps),
-            "held_out_episodes": [r["episode"] for r in eval_rows], "args": dataclasses.asdict(args),
+    meta = {"kind": "teacher (flow matching)", **data_meta, "args": dataclasses.asdict(args),
             "hardware": hardware(device)}
     task = WorldTask(args, config, train_eps, eval_eps, tok_dir, device)
     return Trainer(model, task, loop, args.out, meta=meta, progress=progress).run()
