@@ -32,8 +32,8 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 @dataclass(frozen=True)
 class BenchArgs:
-    preset: str = "small"
-    model: str | None = None  # checkpoint folder; overrides preset
+    preset: str | None = None  # random weights of a preset
+    model: str | None = None  # checkpoint folder; overrides preset; neither: the bundled model
     frames: int = 100
     warmup: int | None = None  # default: sink + window + 2 frames
     steps: int | None = None  # override the sampler's steps
@@ -78,7 +78,8 @@ def _config(args: BenchArgs) -> tuple[EngineConfig, str]:
         config, _ = load_config(args.model)
         name = args.model
     else:
-        config, name = get_preset(args.preset), args.preset
+        name = str(args.preset)
+        config = get_preset(name)
     sampler = config.sampler
     if args.steps is not None:
         sampler = dataclasses.replace(sampler, steps=args.steps)
@@ -124,6 +125,12 @@ def run_bench(args: BenchArgs) -> dict[str, Any]:
         raise ValueError(f"--dtype must be one of {sorted(DTYPES)}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available on this machine")
+    if args.model is None and args.preset is None:
+        from app.engine_spec import BUNDLED_MODEL
+
+        if not BUNDLED_MODEL.is_dir():
+            raise ValueError(f"the bundled model {BUNDLED_MODEL} is missing; pass --model or --preset")
+        args = dataclasses.replace(args, model=str(BUNDLED_MODEL))
     config, name = _config(args)
     sweep = parse_sweep(args.sweep, config.sampler)
     m = config.model

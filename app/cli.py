@@ -21,9 +21,9 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="measure engine speed (FPS, per-stage ms, cache speed-up)",
                        description="Measure the engine loop: FPS and per-stage milliseconds with "
                        "the KV cache, and the speed-up over recomputing the window each frame.")
-    p.add_argument("--preset", default="small", choices=sorted(PRESETS),
-                   help="model shape with random weights (default: small)")
-    p.add_argument("--model", default=None, metavar="PATH", help="checkpoint folder (overrides --preset)")
+    p.add_argument("--preset", default=None, choices=sorted(PRESETS), help="model shape with random weights")
+    p.add_argument("--model", default=None, metavar="PATH",
+                   help="checkpoint folder (overrides --preset; default: the bundled assets/models/doom-small)")
     p.add_argument("--frames", type=int, default=100, help="timed frames (default: 100)")
     p.add_argument("--warmup", type=int, default=None, help="untimed frames first (default: sink+window+2)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps per frame (default: the config's)")
