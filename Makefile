@@ -20,7 +20,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 # The bundled model is the 16-step teacher; 1 compiled step keeps play real-time on a 2-core CPU.
 play: $(STAMP)
-	$(BIN)/worldstream play --host 127.0.0.1 --port 7860 --steps 1 --compile
+	$(BIN)/worldstream play --host 127.0.0.1 --port 7860 --compile
 
 test: $(STAMP)
 	$(BIN)/ruff check app engine kernels train tests scripts
