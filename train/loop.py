@@ -6,7 +6,7 @@ numbers to log), ``evaluate(ema)`` returns held-out numbers, ``export(ema, folde
 shippable model. The loop owns everything else. Layout of ``out``::
 
     out/<the exported model files>    written at every checkpoint from the EMA weights
-    out/train/state.safetensors       model, EMA and optimizer tensors (never pickled)
+    out/train/state.safetensors       model, EMA, optimizer and task (StatefulTask) tensors (never pickled)
     out/train/state.json              step, optimizer hyperparameters, the loop config
     out/train/log.csv                 one row per logged step (+ eval columns at checkpoints)
     out/train/loss.png                the curves
