@@ -103,7 +103,7 @@ class DistillTask:
         # Grid positions (counted from sigma 0) of the student's own sampling levels.
         own = linear_schedule(args.student_steps)[:-1]
         self.anchors = torch.tensor(sorted({round(float(s) * self.n) for s in own}))
-        self._teacher_eval: dict[str, torch.Tensor] | None = None
+        self._teacher_eval: dict[str, Any] | None = None  # fixed held-out clips + the teacher's samples
 
     # ------------------------------------------------------------------ the target network
     @torch.no_grad()
@@ -192,8 +192,8 @@ class DistillTask:
     # ------------------------------------------------------------------ held out
     @torch.no_grad()
     def evaluate(self, ema: nn.Module) -> dict[str, float]:
-        """On ``eval_clips`` fixed held-out clips (history at the context level), the last frame sampled from
-        fixed noise. ``loss_1step``: MSE of the student's one jump from sigma 1 to the teacher's
+        """On ``eval_clips`` fixed held-out clips (history at the context level), the last frame
+        sampled from fixed noise. ``loss_1step``: MSE of the student's one jump from sigma 1 to the teacher's
         N-step Euler sample of the same noise; ``loss_mid``: the same from the point sigma 0.5 of
         the teacher's own path (the second step of a 2-step sample); ``truth_mse_*``: MSE of the
         student's 1- and 2-step samples and of the teacher's sample to the true frame."""
