@@ -12,6 +12,7 @@ from pathlib import Path
 from app.engine_spec import BUNDLED_MODEL, EngineSpec
 from engine.checkpoint import CheckpointError
 from engine.config import PRESETS, ConfigError
+from engine.world.maps import DEFAULT_MAPS, UNSEEN_MAPS
 
 # Resolved against the source tree (make installs it editable), not the working directory.
 DEFAULT_SUITE = str(Path(__file__).resolve().parents[1] / "assets" / "eval" / "doom-minute.json")
@@ -50,8 +51,6 @@ def _maps(text: str) -> tuple[str, ...]:
 
 
 def _world_parsers(sub: argparse._SubParsersAction) -> None:
-    from app.collect import DEFAULT_MAPS
-
     p = sub.add_parser("collect", help="play Doom with an exploration policy and write training shards",
                        description="Collect training data: one compressed .npz shard per episode, listed "
                        "in DIR/index.jsonl. Rerunning with the same arguments resumes.")
@@ -90,9 +89,8 @@ def _world_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("make-suite", help="build an eval suite file (held-out seeds; maintainers)")
     p.add_argument("--out", required=True, metavar="FILE.json")
-    unseen = ("MAP09", "MAP10")
-    p.add_argument("--maps", type=_maps, default=DEFAULT_MAPS + unseen)
-    p.add_argument("--unseen-maps", type=_maps, default=unseen,
+    p.add_argument("--maps", type=_maps, default=DEFAULT_MAPS + UNSEEN_MAPS)
+    p.add_argument("--unseen-maps", type=_maps, default=UNSEEN_MAPS,
                    help="maps not in the default training maps (labelled split=unseen-map)")
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--context-frames", type=int, default=16)

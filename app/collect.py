@@ -23,12 +23,12 @@ from tqdm import tqdm
 
 from engine.action import BUTTONS
 from engine.world.doom import FPS, DoomSpec
+from engine.world.maps import DEFAULT_MAPS
 from engine.world.policy import explore
 from engine.world.shards import append_index, clean, write_shard
 
 EVAL_SEED_BASE = 1_000_000_000
 SEEDS_PER_RUN = 100_000
-DEFAULT_MAPS = tuple(f"MAP{i:02d}" for i in range(1, 9))
 
 
 @dataclass(frozen=True)

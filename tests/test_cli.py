@@ -54,3 +54,24 @@ def test_play_and_record_reject_bad_arguments(capsys: pytest.CaptureFixture[str]
     assert "--out must end in .mp4" in capsys.readouterr().err
     assert main(["record", "--replay", "/nonexistent/x.actions.jsonl"]) == 2
     assert "--replay needs" in capsys.readouterr().err
+
+
+def test_cli_needs_no_game_to_parse() -> None:
+    """A training machine may lack ViZDoom and gymnasium: building the parser and parsing a train
+    command must not import them (app.collect / engine.world.doom are imported only to run)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import builtins\n"
+        "real = builtins.__import__\n"
+        "def guard(name, *a, **k):\n"
+        "    if name.split('.')[0] in ('gymnasium', 'vizdoom'):\n"
+        "        raise ImportError('blocked ' + name)\n"
+        "    return real(name, *a, **k)\n"
+        "builtins.__import__ = guard\n"
+        "from app.cli import build_parser\n"
+        "a = build_parser().parse_args(['train', 'distill', '--teacher', 't', '--data', 'd', '--out', 'o'])\n"
+        "assert a.what == 'distill' and a.student_steps == 2\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
