@@ -168,23 +168,12 @@ class DistillTask:
         s_m = ((n - 1).float() / self.n).to(dev)
         eps = torch.randn(x0[:, -1].shape, generator=g).to(dev)
         x_n = (1 - s_n[:, None, None, None]) * x0[:, -1] + s_n[:, None, None, None] * eps
-        sigma = torch.full((b, f), self.ctx_sigma, device=dev)
-
-        def run(net: nn.Module, last: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-            """f(last, s) of the clip's last frame, the history as prepared: (B, C, h, w)."""
-            xin, sig = x.clone(), sigma.clone()
-            xin[:, -1], sig[:, -1] = last, s
-            v = net(xin, sig, actions, ctx)[:, -1].float()
-            return last - s[:, None, None, None] * v
-
+        teacher, target, student = (self._denoiser(net, x, actions, ctx) for net in (self.teacher, self.target, model))
         with torch.no_grad():
-            xin, sig = x.clone(), sigma.clone()
-            xin[:, -1], sig[:, -1] = x_n, s_n
-            v_teacher = self.teacher(xin, sig, actions, ctx)[:, -1].float()
-            x_m = x_n + (s_m - s_n)[:, None, None, None] * v_teacher  # one Euler step of the teacher's ODE
-            target = run(self.target, x_m, s_m)  # at s_m = 0 this is x_m itself (boundary condition)
-        pred = run(model, x_n, s_n)
-        d2 = (pred - target).pow(2).mean(dim=(1, 2, 3))  # (B,)
+            x_m = x_n + (s_m - s_n)[:, None, None, None] * teacher(x_n, s_n)  # one Euler step of the teacher's ODE
+            goal = x_m - s_m[:, None, None, None] * target(x_m, s_m)  # at s_m = 0: x_m itself (boundary condition)
+        pred = x_n - s_n[:, None, None, None] * student(x_n, s_n)
+        d2 = (pred - goal).pow(2).mean(dim=(1, 2, 3))  # (B,)
         c = a.huber_c
         loss = ((d2 + c * c).sqrt() - c).mean()
         return loss, {"self_frames": k * len(which) / b, "mse": float(d2.mean().detach())}
