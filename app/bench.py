@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from app.engine_spec import default_model
 from app.session import jpeg_bytes
 from engine.action import BUTTONS, Action
 from engine.config import ConfigError, EngineConfig, SamplerConfig, get_preset
@@ -125,12 +126,7 @@ def run_bench(args: BenchArgs) -> dict[str, Any]:
         raise ValueError(f"--dtype must be one of {sorted(DTYPES)}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available on this machine")
-    if args.model is None and args.preset is None:
-        from app.engine_spec import BUNDLED_MODEL
-
-        if not BUNDLED_MODEL.is_dir():
-            raise ValueError(f"the bundled model {BUNDLED_MODEL} is missing; pass --model or --preset")
-        args = dataclasses.replace(args, model=str(BUNDLED_MODEL))
+    args = dataclasses.replace(args, model=default_model(args.model, args.preset))
     config, name = _config(args)
     sweep = parse_sweep(args.sweep, config.sampler)
     m = config.model

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from app.engine_spec import BUNDLED_MODEL, EngineSpec
+from app.engine_spec import EngineSpec, default_model
 from engine.checkpoint import CheckpointError
 from engine.config import PRESETS, ConfigError
 from engine.world.maps import DEFAULT_MAPS, UNSEEN_MAPS
@@ -227,13 +227,8 @@ def _play_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _spec(args: argparse.Namespace) -> EngineSpec:
-    model = args.model
-    if model is None and args.preset is None:
-        if not BUNDLED_MODEL.is_dir():
-            raise ValueError(f"the bundled model {BUNDLED_MODEL} is missing; pass --model or --preset")
-        model = str(BUNDLED_MODEL)
-    return EngineSpec(model=model, preset=args.preset or "small", steps=args.steps, dtype=args.dtype,
-                      device=args.device, compile=args.compile)
+    return EngineSpec(model=default_model(args.model, args.preset), preset=args.preset or "small", steps=args.steps,
+                      dtype=args.dtype, device=args.device, compile=args.compile)
 
 
 def build_parser() -> argparse.ArgumentParser:

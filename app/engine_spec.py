@@ -21,6 +21,15 @@ DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16}
 BUNDLED_MODEL = Path(__file__).resolve().parents[1] / "assets" / "models" / "doom-small"
 
 
+def default_model(model: str | None, preset: str | None) -> str | None:
+    """The model a command uses: ``model`` if given, none for a preset, else the bundled model."""
+    if model is not None or preset is not None:
+        return model
+    if not BUNDLED_MODEL.is_dir():
+        raise ValueError(f"the bundled model {BUNDLED_MODEL} is missing; pass --model or --preset")
+    return str(BUNDLED_MODEL)
+
+
 @dataclass(frozen=True)
 class EngineSpec:
     model: str | None = None  # checkpoint folder; None: ``preset`` with random weights
