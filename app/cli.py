@@ -69,9 +69,10 @@ def _world_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--episode", type=int, required=True, help="episode number (0-based)")
     p.add_argument("--out", required=True, metavar="FILE.mp4")
 
-    p = sub.add_parser("eval", help="score a predictor on an eval suite (PSNR/SSIM at 1-60 s)",
+    p = sub.add_parser("eval", help="score a predictor on an eval suite (PSNR/SSIM/sharpness at 1-60 s)",
                        description="Open-loop rollouts from ground-truth context with ground-truth "
-                       "actions; PSNR and SSIM per frame, at horizons 1, 5, 10, 30, 60 s.")
+                       "actions; PSNR, SSIM, sharpness ratio and colour-histogram distance per frame, at "
+                       "horizons 1, 5, 10, 30, 60 s. --mode next-frame: teacher-forced +1 frame.")
     p.add_argument("--suite", default=DEFAULT_SUITE)
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--predictor", help="baseline: copy-last | mean-frame")
@@ -85,6 +86,9 @@ def _world_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     p.add_argument("--sampler", choices=["euler", "consistency"], default=None, help="default: the model's")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="model weights (default: fp32)")
+    p.add_argument("--mode", choices=["open-loop", "next-frame"], default="open-loop",
+                   help="open-loop rollouts (default) or teacher-forced next-frame prediction")
+    p.add_argument("--starts", type=int, default=24, help="next-frame: start points per episode")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     p = sub.add_parser("make-suite", help="build an eval suite file (held-out seeds; maintainers)")
@@ -124,6 +128,14 @@ def _train_parsers(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--lr", type=float, default=3e-4)
     w.add_argument("--held-out", type=int, default=4, help="episodes held out for evaluation")
     w.add_argument("--context-sigma", type=float, default=0.05, help="noise level of context at inference")
+    w.add_argument("--context-sigma-max", type=float, default=0.15,
+                   help="context frames in training are noised at sigma ~ U(0, this), the level given to the model")
+    w.add_argument("--copy-prior", action="store_true",
+                   help="each frame reads its predecessor; the denoiser defaults to copying it")
+    w.add_argument("--copy-tau", type=float, default=0.5, help="copy prior: std of a frame's change (latent units)")
+    w.add_argument("--window", type=int, default=0, help="frames attended besides sinks (default: the preset's)")
+    w.add_argument("--target-one", type=float, default=0.0,
+                   help="share of targets at sigma 1, where a 1-step sampler starts (default 0)")
     w.add_argument("--teacher-steps", type=int, default=16, help="Euler steps of the exported teacher")
     w.add_argument("--action-weight", type=float, default=1.0,
                    help="loss weight of frames just after an action change (default: 1, no emphasis)")

@@ -1,9 +1,17 @@
-"""``worldstream eval``: open-loop rollouts on an eval suite, scored against ground truth.
+"""``worldstream eval``: rollouts on an eval suite, scored against ground truth.
 
-For each episode: render the ground truth, give the predictor the context frames, feed it the
-true actions, and score every predicted frame (PSNR, SSIM). The value at horizon h is the mean
-over the second that ends h seconds after the last context frame (single frames are too noisy
-to compare models by). Outputs in ``--out``:
+``--mode open-loop`` (default): for each episode, render the ground truth, give the predictor the
+context frames, feed it the true actions, and score every predicted frame: PSNR, SSIM, the
+sharpness ratio (mean image-gradient magnitude of predicted / true frames: < 1 is blur, ~0 a
+flat collapse) and the colour-histogram distance (0 = the true frame's colours). The value at
+horizon h is the mean over the second that ends h seconds after the last context frame (single
+frames are too noisy to compare models by).
+
+``--mode next-frame`` (teacher forced): at ``--starts`` start points spread over each episode, the
+predictor gets the true context frames just before t and predicts x_t alone; the same metrics
+at "next". Copy-last's next-frame score is what a model must beat before anything else matters.
+
+Outputs in ``--out``:
 
     episodes.jsonl   one row per episode, with the full per-frame curves (resumable: episodes
                      already scored by the same predictor are skipped on a rerun)
@@ -29,11 +37,12 @@ import numpy as np
 from tqdm import tqdm
 
 from app.predictors import BASELINES, EnginePredictor, Predictor
-from engine.world.metrics import psnr, ssim
+from engine.world.metrics import color_hist_distance, psnr, sharpness, ssim
 from engine.world.suite import EvalEpisode, episode_row, load_suite
 
 HORIZONS_S = (1, 5, 10, 30, 60)
-METRICS = ("psnr", "ssim")
+METRICS = ("psnr", "ssim", "sharp", "hist")  # sharp: predicted / true sharpness; hist: colour distance
+MODES = ("open-loop", "next-frame")
 
 
 @dataclass(frozen=True)
@@ -50,8 +59,14 @@ class EvalArgs:
     steps: int | None = None  # override the model's sampling steps
     sampler: str | None = None  # override the model's sampler kind (euler | consistency)
     dtype: str = "fp32"  # model weights: fp32 | bf16
+    mode: str = "open-loop"  # | "next-frame" (teacher forced, see module doc)
+    starts: int = 24  # next-frame: start points per episode
 
     def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"--mode must be one of {MODES}")
+        if not 1 <= self.starts <= 1000:
+            raise ValueError("--starts must be in 1..1000")
         chosen = [x for x in (self.predictor, self.model, self.preset) if x is not None]
         if len(chosen) != 1:
             raise ValueError("give exactly one of --predictor NAME, --model PATH, --preset NAME")
@@ -95,17 +110,50 @@ def score_episode(ep: EvalEpisode, predictor: Predictor, fps: float, seconds: fl
     pred = np.stack([predictor.step(actions[t - 1]) for t in steps])
     wall = time.perf_counter() - start
     target = truth[k : k + horizon]
-    curves = {"psnr": psnr(pred, target), "ssim": ssim(pred, target)}
-    row: dict[str, Any] = {**episode_row(ep), "predictor": predictor.name, "status": "ok",
+    curves = _curves(pred, target)
+    row: dict[str, Any] = {**episode_row(ep), "predictor": predictor.name, "status": "ok", "mode": "open-loop",
                            "frames": horizon, "predict_fps": horizon / wall}
     for h in HORIZONS_S:
         start, end = round((h - 1) * fps), round(h * fps)  # predicted frames in (h - 1 s, h s]
-        for m in METRICS:
-            row[f"{m}@{h}s"] = float(curves[m][start:end].mean()) if end <= horizon else None
-    for m in METRICS:
-        row[f"{m}_mean"] = float(curves[m].mean())
+        row.update(_scores(curves, slice(start, end), f"@{h}s") if end <= horizon
+                   else {f"{m}@{h}s": None for m in METRICS})
+    row.update(_scores(curves, slice(None), "_mean"))
+    for m in ("psnr", "ssim", "hist"):
         row[f"{m}_curve"] = [round(float(v), 4) for v in curves[m]]
     return row
+
+
+def score_next_frame(ep: EvalEpisode, predictor: Predictor, starts: int, seed: int) -> dict[str, Any]:
+    """Teacher forced: from the K true frames before t (and their actions), predict x_t alone,
+    at ``starts`` values of t spread evenly over the episode."""
+    truth = ep.render()
+    k = ep.context_frames
+    actions = ep.action_list()  # actions[t - 1] = a_t
+    times = np.unique(np.linspace(k, len(truth) - 1, starts).round().astype(int))
+    start = time.perf_counter()
+    pred = []
+    for t in tqdm(times, desc=ep.name, unit="start", leave=False, file=sys.stderr, disable=None):
+        predictor.reset(seed, truth[t - k : t], actions[t - k : t - 1])
+        pred.append(predictor.step(actions[t - 1]))
+    wall = time.perf_counter() - start
+    curves = _curves(np.stack(pred), truth[times])
+    return {**episode_row(ep), "predictor": predictor.name, "status": "ok", "mode": "next-frame",
+            "frames": len(times), "predict_fps": len(times) / wall, **_scores(curves, slice(None), "@next"),
+            "psnr_curve": [round(float(v), 4) for v in curves["psnr"]]}
+
+
+def _curves(pred: np.ndarray, target: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-frame metrics; "sharp_pred"/"sharp_true" are kept apart so that a window's ratio is
+    a ratio of means (one flat true frame cannot blow it up)."""
+    return {"psnr": psnr(pred, target), "ssim": ssim(pred, target), "hist": color_hist_distance(pred, target),
+            "sharp_pred": sharpness(pred), "sharp_true": sharpness(target)}
+
+
+def _scores(curves: dict[str, np.ndarray], window: slice, suffix: str) -> dict[str, float]:
+    out = {f"{m}{suffix}": float(curves[m][window].mean()) for m in ("psnr", "ssim", "hist")}
+    true = float(curves["sharp_true"][window].mean())
+    out[f"sharp{suffix}"] = float(curves["sharp_pred"][window].mean()) / true if true > 0 else float("nan")
+    return out
 
 
 def run_eval(args: EvalArgs) -> dict[str, Any]:
@@ -118,14 +166,17 @@ def run_eval(args: EvalArgs) -> dict[str, Any]:
     predictor = make_predictor(args)
     episodes = suite.episodes[: args.episodes] if args.episodes else suite.episodes
     rows_path = out / "episodes.jsonl"
-    previous = _read_rows(rows_path, predictor.name, args.seconds)
+    previous = _read_rows(rows_path, predictor.name, args.seconds, args.mode)
     rows = []
     for ep in tqdm(episodes, desc="eval", unit="episode", file=sys.stderr, disable=None):
         if ep.name in previous:
             rows.append(previous[ep.name])
             continue
         try:
-            row = score_episode(ep, predictor, suite.fps, args.seconds, args.seed)
+            if args.mode == "next-frame":
+                row = score_next_frame(ep, predictor, args.starts, args.seed)
+            else:
+                row = score_episode(ep, predictor, suite.fps, args.seconds, args.seed)
         except Exception as e:  # one bad episode must not lose the others
             row = {**episode_row(ep), "predictor": predictor.name, "status": "failed",
                    "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(limit=5)}
@@ -133,15 +184,22 @@ def run_eval(args: EvalArgs) -> dict[str, Any]:
         rows.append(row)
         _write_rows(out, rows)
     _write_rows(out, rows)
-    summary = aggregate(rows)
-    summary.update(suite=suite.name, predictor=predictor.name, out=str(out))
+    summary = aggregate(rows, args.mode)
+    summary.update(suite=suite.name, predictor=predictor.name, out=str(out), mode=args.mode)
     (out / "summary.md").write_text(markdown(summary))
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    plot(rows, suite.fps, out / "psnr.png", f"{suite.name}: {predictor.name}")
+    if args.mode == "open-loop":
+        plot(rows, suite.fps, out / "psnr.png", f"{suite.name}: {predictor.name}")
     return summary
 
 
-def _read_rows(path: Path, predictor: str, seconds: float | None) -> dict[str, dict[str, Any]]:
+def _keys(mode: str) -> list[str]:
+    if mode == "next-frame":
+        return [f"{m}@next" for m in METRICS]
+    return [f"{m}@{h}s" for m in METRICS for h in HORIZONS_S] + [f"{m}_mean" for m in METRICS]
+
+
+def _read_rows(path: Path, predictor: str, seconds: float | None, mode: str) -> dict[str, dict[str, Any]]:
     if not path.exists():
         return {}
     kept = {}
@@ -150,7 +208,8 @@ def _read_rows(path: Path, predictor: str, seconds: float | None) -> dict[str, d
             row = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if row.get("status") == "ok" and row.get("predictor") == predictor and row.get("seconds_limit") == seconds:
+        if (row.get("status") == "ok" and row.get("predictor") == predictor and row.get("seconds_limit") == seconds
+                and row.get("mode", "open-loop") == mode):
             kept[row["name"]] = row
     return kept
 
@@ -159,21 +218,22 @@ def _write_rows(out: Path, rows: list[dict[str, Any]]) -> None:
     tmp = out / "episodes.jsonl.tmp"
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     tmp.replace(out / "episodes.jsonl")
-    columns = ["name", "split", "map", "seed", "predictor", "status", "frames", "predict_fps",
-               *[f"{m}@{h}s" for m in METRICS for h in HORIZONS_S], "psnr_mean", "ssim_mean", "error"]
+    mode = rows[0].get("mode", "open-loop") if rows else "open-loop"
+    columns = ["name", "split", "map", "seed", "predictor", "status", "mode", "frames", "predict_fps",
+               *_keys(mode), "error"]
     with open(out / "episodes.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
 
 
-def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def aggregate(rows: list[dict[str, Any]], mode: str = "open-loop") -> dict[str, Any]:
     ok = [r for r in rows if r["status"] == "ok"]
     groups = {"all": ok, **{s: [r for r in ok if r["split"] == s] for s in sorted({r["split"] for r in ok})}}
     table: dict[str, dict[str, float | None]] = {}
     for name, group in groups.items():
         table[name] = {}
-        for key in [f"{m}@{h}s" for m in METRICS for h in HORIZONS_S] + ["psnr_mean", "ssim_mean"]:
+        for key in _keys(mode):
             values = [r[key] for r in group if r.get(key) is not None]
             table[name][key] = float(np.mean(values)) if values else None
         table[name]["episodes"] = len(group)
@@ -181,21 +241,35 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "mean": table}
 
 
+LABELS = {"psnr": "PSNR", "ssim": "SSIM", "sharp": "sharpness ratio", "hist": "colour-histogram distance"}
+
+
 def markdown(summary: dict[str, Any]) -> str:
-    head = ["split", "episodes", *[f"PSNR@{h}s" for h in HORIZONS_S], *[f"SSIM@{h}s" for h in HORIZONS_S]]
-    lines = [f"# {summary['suite']}: {summary['predictor']}", "",
-             f"{summary['ok']} of {summary['episodes']} episodes scored; failed: {summary['failed'] or 'none'}.",
-             "Mean over episodes of each episode's mean over the second ending h seconds after the "
-             "last context frame (PSNR in dB).", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for split, values in summary["mean"].items():
-        cells = [split, str(values["episodes"])]
-        for m in METRICS:
-            for h in HORIZONS_S:
-                v = values[f"{m}@{h}s"]
-                cells.append("-" if v is None else f"{v:.2f}" if m == "psnr" else f"{v:.3f}")
-        lines.append("| " + " | ".join(cells) + " |")
+    mode = summary.get("mode", "open-loop")
+    lines = [f"# {summary['suite']}: {summary['predictor']} ({mode})", "",
+             f"{summary['ok']} of {summary['episodes']} episodes scored; failed: {summary['failed'] or 'none'}."]
+    if mode == "next-frame":
+        lines += ["Teacher forced: true context, one predicted frame, at start points spread over each "
+                  "episode; mean over episodes (PSNR in dB; sharpness = predicted / true).", "",
+                  "| split | episodes | " + " | ".join(LABELS[m] for m in METRICS) + " |",
+                  "|" + "---|" * (len(METRICS) + 2)]
+        for split, values in summary["mean"].items():
+            cells = [split, str(values["episodes"]), *(_cell(m, values[f"{m}@next"]) for m in METRICS)]
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines) + "\n"
+    lines.append("Mean over episodes of each episode's mean over the second ending h seconds after the "
+                 "last context frame (PSNR in dB; sharpness = predicted / true).")
+    for m in METRICS:
+        head = ["split", "episodes", *[f"{LABELS[m]} @{h}s" for h in HORIZONS_S]]
+        lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for split, values in summary["mean"].items():
+            cells = [split, str(values["episodes"]), *(_cell(m, values[f"{m}@{h}s"]) for h in HORIZONS_S)]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _cell(metric: str, value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}" if metric == "psnr" else f"{value:.3f}"
 
 
 def plot(rows: list[dict[str, Any]], fps: float, path: Path, title: str) -> None:

@@ -34,6 +34,10 @@ class ModelConfig:
     window_frames: int = 16  # most recent frames attended (trained temporal window)
     context_sigma: float = 0.0  # noise level at which finished frames are written as context
     rope_theta: float = 10000.0
+    # Copy prior (engine/model/copy_prior.py): each frame also gets its predecessor's latent and
+    # the denoiser is preconditioned so that its default output is the predecessor (copy-last).
+    copy_prior: bool = False
+    copy_tau: float = 0.5  # prior std of a frame's change from its predecessor (latent units)
 
     def __post_init__(self) -> None:
         positive = ("latent_channels", "latent_height", "latent_width", "patch_size", "dim",
@@ -51,6 +55,8 @@ class ModelConfig:
             raise ConfigError(f"model.context_sigma must be in [0, 1), got {self.context_sigma}")
         if self.mlp_ratio <= 0:
             raise ConfigError(f"model.mlp_ratio must be > 0, got {self.mlp_ratio}")
+        if self.copy_tau <= 0:
+            raise ConfigError(f"model.copy_tau must be > 0, got {self.copy_tau}")
 
     @property
     def head_dim(self) -> int:

@@ -39,11 +39,15 @@ from engine.types import Frame
 
 @dataclass
 class _Context:
-    """A finished frame as context: its latent at the context noise level, its action."""
+    """A finished frame as context: its latent at the context noise level, its action, and its
+    predecessor's context latent and level (read by copy-prior models; zeros at level 1 for a
+    rollout's first frame)."""
 
     index: int
     latent: torch.Tensor  # (1, 1, C, h, w)
     action: torch.Tensor  # (1, 1, A)
+    prev: torch.Tensor  # (1, 1, C, h, w)
+    prev_sigma: torch.Tensor  # (1, 1)
 
 
 class Engine:
@@ -62,10 +66,13 @@ class Engine:
         m = self.config.model
         self._sigma_ctx = torch.full((1, 1), m.context_sigma, device=self.device)
         self._latent_shape = (1, m.latent_channels, m.latent_height, m.latent_width)
+        self._no_prev = torch.zeros((1, 1, *self._latent_shape[1:]), device=self.device)
+        self._sigma_one = torch.ones((1, 1), device=self.device)
         self._generator = torch.Generator(self.device)
         self._t = -1  # index of the last frame returned; -1 before reset
         self._pending: _Context | None = None  # cached mode: last frame, not yet in the cache
         self._history: list[_Context] = []  # recompute mode: sinks + window
+        self._last: _Context | None = None  # the newest finished frame (the next one's predecessor)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -118,7 +125,7 @@ class Engine:
         the cache and return x_{K-1}. Same seed + same actions -> identical frames."""
         self._generator.manual_seed(seed)
         self.runner.cache.reset(self.slot)
-        self._pending, self._history, self._t = None, [], -1
+        self._pending, self._history, self._last, self._t = None, [], None, -1
         if context is None:
             return self.step(NOOP)
         if context.ndim != 4 or context.shape[0] < 1 or tuple(context.shape[1:]) != self._latent_shape[1:]:
@@ -172,6 +179,7 @@ class Engine:
         self.runner.cache.fork(self.slot, slot)
         other._generator.set_state(self._generator.get_state())
         other._t, other._pending, other._history = self._t, self._pending, list(self._history)
+        other._last = self._last
         return other
 
     # ------------------------------------------------------------------ internals
@@ -182,7 +190,9 @@ class Engine:
         if c > 0:
             noise = torch.randn(latent.shape, generator=self._generator, device=self.device)
             latent = (1 - c) * latent + c * noise
-        ctx = _Context(index, latent, action)
+        prev, prev_sigma = self._predecessor()
+        ctx = _Context(index, latent, action, prev, prev_sigma)
+        self._last = ctx
         if self.recompute:
             m = self.config.model
             keep = [h for h in self._history
@@ -191,23 +201,32 @@ class Engine:
         else:
             self._pending = ctx
 
+    def _predecessor(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(prev latent (1, 1, C, h, w), its level (1, 1)) for the frame after the newest one."""
+        if self._last is None:
+            return self._no_prev, self._sigma_one
+        return self._last.latent, self._sigma_ctx
+
     def _commit_pending(self) -> None:
         p = self._pending
         assert p is not None
-        self.runner.forward(self.slot, p.latent, self._sigma_ctx, p.action)
+        self.runner.forward(self.slot, p.latent, self._sigma_ctx, p.action, p.prev, p.prev_sigma)
         self.runner.cache.commit(self.slot, 1)
         self._pending = None
 
     def _denoiser_cached(self, action: torch.Tensor) -> Denoiser:
+        prev, prev_sigma = self._predecessor()
+
         def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
             sig = sigma.reshape(1, 1)
             p = self._pending
             if p is None:
-                return self.runner.forward(self.slot, x[:, None], sig, action)[:, 0]
+                return self.runner.forward(self.slot, x[:, None], sig, action, prev, prev_sigma)[:, 0]
             # Fold: the previous frame's clean K/V is written by this frame's first forward.
             xs = torch.cat([p.latent, x[:, None]], dim=1)  # (1, 2, C, h, w)
             v = self.runner.forward(self.slot, xs, torch.cat([self._sigma_ctx, sig], dim=1),
-                                    torch.cat([p.action, action], dim=1))
+                                    torch.cat([p.action, action], dim=1), torch.cat([p.prev, prev], dim=1),
+                                    torch.cat([p.prev_sigma, prev_sigma], dim=1))
             self.runner.cache.commit(self.slot, 1)
             self._pending = None
             return v[:, 1]
@@ -220,10 +239,13 @@ class Engine:
         lat = [h.latent for h in hist]
         sig_ctx = self._sigma_ctx.expand(1, len(hist))
         acts = torch.cat([h.action for h in hist] + [action], dim=1)
+        prev, prev_sigma = self._predecessor()
+        prevs = torch.cat([h.prev for h in hist] + [prev], dim=1)  # (1, F, C, h, w)
+        prev_sigmas = torch.cat([h.prev_sigma for h in hist] + [prev_sigma], dim=1)  # (1, F)
 
         def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
             xs = torch.cat([*lat, x[:, None]], dim=1)
             sig = torch.cat([sig_ctx, sigma.reshape(1, 1)], dim=1)
-            return self.runner.forward_full(xs, sig, acts, index)[:, -1]
+            return self.runner.forward_full(xs, sig, acts, index, prevs, prev_sigmas)[:, -1]
 
         return denoise

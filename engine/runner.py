@@ -39,17 +39,20 @@ class Runner:
     def attention(self) -> str:
         return self.model.backend.name
 
-    def forward(self, slot: int, x: torch.Tensor, sigma: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    def forward(self, slot: int, x: torch.Tensor, sigma: torch.Tensor, action: torch.Tensor,
+                prev: torch.Tensor | None = None, prev_sigma: torch.Tensor | None = None) -> torch.Tensor:
         """Run F new frames of one slot against its cache; their K/V are appended, uncommitted.
 
         x: (1, F, C, h, w), sigma: (1, F), action: (1, F, A) -> velocity (1, F, C, h, w).
+        prev (1, F, C, h, w) / prev_sigma (1, F): each frame's predecessor, for copy-prior models.
         """
         ctx = self.cache.context(slot, x.shape[1])
-        return self._model(x, sigma, action, ctx)
+        return self._model(x, sigma, action, ctx, prev, prev_sigma)
 
     def forward_full(self, x: torch.Tensor, sigma: torch.Tensor, action: torch.Tensor,
-                     frame_index: torch.Tensor) -> torch.Tensor:
+                     frame_index: torch.Tensor, prev: torch.Tensor | None = None,
+                     prev_sigma: torch.Tensor | None = None) -> torch.Tensor:
         """No cache: every frame of x (1, F, ...) is recomputed; frame_index (1, F) numbers them."""
         m = self.config.model
         ctx = FullContext(frame_index, m.tokens_per_frame, m.sink_frames, m.window_frames)
-        return self._model_full(x, sigma, action, ctx)
+        return self._model_full(x, sigma, action, ctx, prev, prev_sigma)

@@ -74,6 +74,21 @@ def test_metrics() -> None:
         psnr(a, a[:2])
 
 
+def test_sharpness_and_colour_histogram() -> None:
+    from engine.world.metrics import color_hist_distance, sharpness
+
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 256, (2, 120, 160, 3), dtype=np.uint8)
+    flat = np.full_like(a, 128)
+    blurred = ((a.astype(int) + np.roll(a, 1, axis=2) + np.roll(a, 1, axis=1)) // 3).astype(np.uint8)
+    assert np.all(sharpness(flat) == 0) and np.all(sharpness(blurred) < sharpness(a))
+    assert np.all(color_hist_distance(a, a) == 0)
+    assert np.all(color_hist_distance(a, flat) > 0.9)  # one bin against a spread: nearly disjoint
+    assert np.all(color_hist_distance(a, blurred) < color_hist_distance(a, flat))
+    shifted = np.roll(a, 7, axis=2)  # same colours, moved: histograms equal
+    assert np.allclose(color_hist_distance(a, shifted), 0)
+
+
 def test_replay_writes_a_playable_mp4(tmp_path: Path) -> None:
     out = tmp_path / "gt.mp4"
     assert main(["replay", DEFAULT_SUITE, "--episode", "1", "--out", str(out)]) == 0
@@ -104,10 +119,30 @@ def test_eval_baseline_outputs(tmp_path: Path, capsys: pytest.CaptureFixture[str
     for name in ("episodes.csv", "summary.md", "summary.json", "psnr.png"):
         assert (tmp_path / name).stat().st_size > 0
     assert "| all | 2 |" in (tmp_path / "summary.md").read_text()
+    assert abs(mean["sharp@1s"] - 1) < 0.2 and 0 <= mean["hist@1s"] < 0.5  # copying keeps the look
     # A rerun resumes: the scored rows are kept as they were.
     assert main(args) == 0
     again = [json.loads(line) for line in (tmp_path / "episodes.jsonl").read_text().splitlines()]
     assert [r["predict_fps"] for r in again] == [r["predict_fps"] for r in rows]
+
+
+def test_eval_next_frame_mode(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Teacher forced: copy-last predicts x_t as x_{t-1}; its score equals the metric computed
+    by hand on the rendered ground truth at the same start points."""
+    args = ["eval", "--predictor", "copy-last", "--episodes", "1", "--mode", "next-frame", "--starts", "3",
+            "--out", str(tmp_path), "--json"]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["mode"] == "next-frame" and summary["ok"] == 1
+    ep = load_suite(DEFAULT_SUITE).episodes[0]
+    truth, k = ep.render(), ep.context_frames
+    t = np.unique(np.linspace(k, len(truth) - 1, 3).round().astype(int))
+    assert summary["mean"]["all"]["psnr@next"] == pytest.approx(float(psnr(truth[t - 1], truth[t]).mean()))
+    assert "sharpness ratio" in (tmp_path / "summary.md").read_text()
+    # The open-loop rows of the same folder are not taken for next-frame ones (and back).
+    assert main(["eval", "--predictor", "copy-last", "--episodes", "1", "--seconds", "1", "--out", str(tmp_path),
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["mean"]["all"]["psnr@1s"] is not None
 
 
 def test_eval_keeps_going_past_a_failing_episode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -157,4 +192,8 @@ def test_eval_argument_errors(tmp_path: Path) -> None:
         EvalArgs(suite=DEFAULT_SUITE, out=str(tmp_path), predictor="copy-last", steps=4)
     with pytest.raises(ValueError, match="--steps"):
         EvalArgs(suite=DEFAULT_SUITE, out=str(tmp_path), preset="tiny", steps=0)
+    with pytest.raises(ValueError, match="--mode"):
+        EvalArgs(suite=DEFAULT_SUITE, out=str(tmp_path), predictor="copy-last", mode="closed")
+    with pytest.raises(ValueError, match="--starts"):
+        EvalArgs(suite=DEFAULT_SUITE, out=str(tmp_path), predictor="copy-last", mode="next-frame", starts=0)
     assert main(["eval", "--predictor", "copy-last", "--suite", str(tmp_path / "x.json"), "--out", str(tmp_path)]) == 2

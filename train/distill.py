@@ -150,7 +150,7 @@ class DistillTask:
     def loss(self, model: nn.Module, g: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         a = self.args
         dev = self.device
-        x0, actions, index = self.clips.sample_clips(self.clips.train, self.clips.weights, a.batch, g)
+        x0, actions, index, _ = self.clips.sample_clips(self.clips.train, self.clips.weights, a.batch, g)
         x0, actions, index = x0.to(dev), actions.to(dev), index.to(dev)
         b, f = index.shape
         m = self.config.model
@@ -222,7 +222,7 @@ class DistillTask:
             g = torch.Generator().manual_seed(1234)
             held = self.clips.held_out
             w = torch.tensor([float(len(e.latents)) for e in held])
-            x0, actions, index = self.clips.sample_clips(held, w, self.args.eval_clips, g)
+            x0, actions, index, _ = self.clips.sample_clips(held, w, self.args.eval_clips, g)
             x0, actions, index = x0.to(self.device), actions.to(self.device), index.to(self.device)
             m = self.config.model
             ctx = FullContext(index, m.tokens_per_frame, m.sink_frames, m.window_frames)
@@ -246,6 +246,9 @@ def load_teacher(path: str, device: torch.device) -> tuple[DiT, EngineConfig, di
     if config.sampler.kind != "euler":
         raise ValueError(f"--teacher {path} samples with {config.sampler.kind!r}; distillation needs an Euler "
                          "(flow-matching) teacher")
+    if config.model.copy_prior:
+        raise ValueError(f"--teacher {path} is a copy-prior model: distilling one is not supported (it reads "
+                         "its predecessor frame, which this loss does not feed); sample it with 1-2 Euler steps")
     model = DiT(config.model)
     model.load_state_dict(load_weights(path, model.state_dict()))
     return model.to(device), config, meta

@@ -16,6 +16,12 @@ history (inference writes finished frames at ``context_sigma``; its own outputs 
 
 Flow matching: x_sigma = (1 - sigma) x_0 + sigma eps, the model predicts v = eps - x_0.
 The sink frame's action is zero (a rollout's first frame has none); frame t's is a_t.
+
+Copy prior (``--copy-prior``, engine/model/copy_prior.py): every frame also gets its
+predecessor's *context* version (the same noisy latent that frame shows as context; for a target
+predecessor, a fresh one at a context level; for the sink, zeros at level 1), the loss is taken
+on x0_hat in units of the prior's posterior std (EDM-style), and a share ``target_one`` of the
+targets sit at sigma = 1, the level a 1-step sampler starts from.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from torch import nn
 from engine.cache import FullContext
 from engine.checkpoint import load_config, load_weights, save_checkpoint
 from engine.config import EngineConfig, SamplerConfig, get_preset
+from engine.model.copy_prior import copy_scale, x0_from_velocity
 from engine.model.dit import DiT
 from engine.tokenizer import CONFIG as TOK_CONFIG
 from engine.tokenizer import WEIGHTS as TOK_WEIGHTS
@@ -62,6 +69,10 @@ class WorldArgs:
     ema: float = 0.995  # short CPU runs: a long EMA would average in early, poor weights
     action_weight: float = 1.0  # loss weight of targets at most ACTION_LAG frames after an action change
     init: str | None = None  # start from this checkpoint's weights (a fine-tune; resume still wins)
+    copy_prior: bool = False  # predecessor as input + copy-last preconditioning (see module doc)
+    copy_tau: float = 0.5
+    window: int = 0  # frames attended besides sinks; 0 = the preset's
+    target_one: float = 0.0  # share of targets at sigma = 1 exactly
 
     def __post_init__(self) -> None:
         if not 0 < self.target_prob <= 1:
@@ -70,6 +81,10 @@ class WorldArgs:
             raise ValueError("need 0 <= --context-sigma <= --context-sigma-max < 1")
         if self.action_weight < 1:
             raise ValueError("--action-weight must be >= 1")
+        if not 0 <= self.target_one <= 1:
+            raise ValueError("--target-one must be in [0, 1]")
+        if self.window < 0 or self.copy_tau <= 0:
+            raise ValueError("need --window >= 0 and --copy-tau > 0")
         if self.init is not None and not Path(self.init).is_dir():
             raise ValueError(f"--init: checkpoint folder {self.init} does not exist")
 
@@ -113,10 +128,11 @@ class WorldTask:
 
     # ------------------------------------------------------------------ batches
     def sample_clips(self, eps: list[LatentEpisode], weights: torch.Tensor, batch: int,
-                     g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(latents (B, F, C, h, w), actions (B, F, A), frame_index (B, F))."""
+                     g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(latents (B, F, C, h, w), actions (B, F, A), frame_index (B, F), before (B, C, h, w)):
+        ``before`` is the latent just before frame 1 (the sink itself without a gap)."""
         f = self.frames
-        lat, act, idx = [], [], []
+        lat, act, idx, before = [], [], [], []
         for e in torch.multinomial(weights, batch, replacement=True, generator=g).tolist():
             ep = eps[e]
             t_len = len(ep.latents)
@@ -131,56 +147,106 @@ class WorldTask:
             lat.append(ep.latents[rows].float())
             act.append(a)
             idx.append(torch.tensor([0, *range(gap + 1, gap + f)]))
-        return torch.stack(lat), torch.stack(act), torch.stack(idx)
+            before.append(ep.latents[s + gap].float())
+        return torch.stack(lat), torch.stack(act), torch.stack(idx), torch.stack(before)
 
     def noise_levels(self, shape: tuple[int, int], g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """(sigma (B, F), target mask (B, F) bool): targets logit-normal, context light."""
         target = torch.rand(shape, generator=g) < self.args.target_prob
         target[:, -1] |= ~target.any(dim=1)  # every clip has at least one target
         sig_t = torch.sigmoid(torch.randn(shape, generator=g))
+        if self.args.target_one > 0:
+            sig_t = torch.where(torch.rand(shape, generator=g) < self.args.target_one, 1.0, sig_t)
         sig_c = torch.rand(shape, generator=g) * self.args.context_sigma_max
         return torch.where(target, sig_t, sig_c), target
 
+    def predecessors(self, x0: torch.Tensor, xt: torch.Tensor, sigma: torch.Tensor, target: torch.Tensor,
+                     before: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each frame's predecessor as context, (B, F, C, h, w), and its level (B, F).
+
+        frame 0 (the sink): zeros at level 1 (a rollout's first frame has none); frame 1:
+        ``before`` (the sink when there is no gap); frame i >= 2: frame i-1. A context
+        predecessor is passed exactly as the clip shows it; a target one is re-drawn at a
+        context level, as inference always has it."""
+        b, f = sigma.shape
+        dev = x0.device
+        full = torch.cat([before[:, None], x0[:, 1:-1]], dim=1)  # clean predecessors of frames 1..F-1
+        shown = torch.cat([xt[:, :1], xt[:, 1:-1]], dim=1)  # as the clip shows them (frame 1: the sink)
+        shown_sigma = torch.cat([sigma[:, :1], sigma[:, 1:-1]], dim=1)
+        usable = torch.cat([~target[:, :1], ~target[:, 1:-1]], dim=1)  # (B, F-1)
+        no_gap = (before == x0[:, 0]).flatten(1).all(dim=1)  # frame 1's predecessor is the sink
+        usable[:, 0] &= no_gap
+        c = (torch.rand((b, f - 1), generator=g) * self.args.context_sigma_max).to(dev)
+        eps = torch.randn(full.shape, generator=g).to(dev)
+        ce = c[:, :, None, None, None]
+        fresh = (1 - ce) * full + ce * eps
+        keep = usable[:, :, None, None, None]
+        prev = torch.where(keep, shown, fresh)
+        prev_sigma = torch.where(usable, shown_sigma, c)
+        prev = torch.cat([torch.zeros_like(x0[:, :1]), prev], dim=1)
+        prev_sigma = torch.cat([torch.ones_like(sigma[:, :1]), prev_sigma], dim=1)
+        return prev, prev_sigma
+
     def flow_loss(self, model: nn.Module, x0: torch.Tensor, actions: torch.Tensor, index: torch.Tensor,
-                  sigma: torch.Tensor, target: torch.Tensor, g: torch.Generator,
-                  weight: torch.Tensor | None = None) -> torch.Tensor:
+                  before: torch.Tensor, sigma: torch.Tensor, target: torch.Tensor, g: torch.Generator,
+                  weight: torch.Tensor | None = None, x0_out: list[torch.Tensor] | None = None) -> torch.Tensor:
         dev = self.device
-        x0, actions, index, sigma, target = (t.to(dev) for t in (x0, actions, index, sigma, target))
+        x0, actions, index, before, sigma, target = (
+            t.to(dev) for t in (x0, actions, index, before, sigma, target))
         eps = torch.randn(x0.shape, generator=g).to(dev)
         s = sigma[:, :, None, None, None]
         xt = (1 - s) * x0 + s * eps
         ctx = FullContext(index, self.n, self.sinks, self.window)
-        v = model(xt, sigma, actions, ctx).float()  # (B, F, C, h, w)
-        err = (v - (eps - x0)).pow(2).mean(dim=(2, 3, 4))  # (B, F)
+        m = self.config.model
+        if m.copy_prior:
+            prev, prev_sigma = self.predecessors(x0, xt, sigma, target, before, g)
+            v = model(xt, sigma, actions, ctx, prev, prev_sigma).float()  # (B, F, C, h, w)
+            x0_hat = x0_from_velocity(xt, v, sigma)
+            if x0_out is not None:
+                x0_out += [x0_hat, prev]
+            scale = copy_scale(sigma, m.copy_tau).clamp(min=1e-3)[:, :, None, None, None]
+            err = ((x0_hat - x0) / scale).pow(2).mean(dim=(2, 3, 4))  # (B, F)
+        else:
+            v = model(xt, sigma, actions, ctx).float()  # (B, F, C, h, w)
+            if x0_out is not None:
+                x0_out += [xt - s * v, torch.zeros_like(x0)]
+            err = (v - (eps - x0)).pow(2).mean(dim=(2, 3, 4))  # (B, F)
         w = target.float() if weight is None else target.float() * weight.to(dev)
         return (err * w).sum() / w.sum()
 
     def loss(self, model: nn.Module, g: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-        x0, actions, index = self.sample_clips(self.train, self.weights, self.args.batch, g)
+        x0, actions, index, before = self.sample_clips(self.train, self.weights, self.args.batch, g)
         sigma, target = self.noise_levels(tuple(index.shape), g)
         weight = action_change_weights(actions, self.args.action_weight) if self.args.action_weight != 1 else None
-        return self.flow_loss(model, x0, actions, index, sigma, target, g, weight), {}
+        return self.flow_loss(model, x0, actions, index, before, sigma, target, g, weight), {}
 
     @torch.no_grad()
     def evaluate(self, ema: nn.Module) -> dict[str, float]:
         """Held-out flow loss of the *last* frame of 16 fixed clips at sigma 0.25 / 0.5 / 0.75,
-        history at the inference context level (what the teacher faces when it samples)."""
+        history at the inference context level (what the teacher faces when it samples); and
+        the 1-step prediction from sigma 1 against copying the last frame (latent MSE)."""
         if not self.held_out:
             return {}
         ema.eval()
         g = torch.Generator().manual_seed(1234)
         w = torch.tensor([float(len(e.latents)) for e in self.held_out])
-        x0, actions, index = self.sample_clips(self.held_out, w, 16, g)
+        x0, actions, index, before = self.sample_clips(self.held_out, w, 16, g)
         out = {}
-        for level in (0.25, 0.5, 0.75):
+        target = torch.zeros(index.shape, dtype=torch.bool)
+        target[:, -1] = True
+        for level in (0.25, 0.5, 0.75, 1.0):
             sigma = torch.full(index.shape, self.args.context_sigma)
             sigma[:, -1] = level
-            target = torch.zeros(index.shape, dtype=torch.bool)
-            target[:, -1] = True
-            losses = [self.flow_loss(ema, x0[i:i + 8], actions[i:i + 8], index[i:i + 8], sigma[i:i + 8],
-                                     target[i:i + 8], g) for i in range(0, 16, 8)]
-            out[f"loss_s{int(level * 100)}"] = float(torch.stack(losses).mean())
-        out["loss"] = sum(out.values()) / 3
+            preds: list[torch.Tensor] = []
+            losses = [self.flow_loss(ema, x0[i:i + 8], actions[i:i + 8], index[i:i + 8], before[i:i + 8],
+                                     sigma[i:i + 8], target[i:i + 8], g, x0_out=preds) for i in range(0, 16, 8)]
+            if level < 1:
+                out[f"loss_s{int(level * 100)}"] = float(torch.stack(losses).mean())
+                continue
+            x0_hat = torch.cat(preds[0::2])[:, -1].cpu()
+            out["mse_1step"] = float((x0_hat - x0[:, -1]).pow(2).mean())
+            out["mse_copy"] = float((x0[:, -2] - x0[:, -1]).pow(2).mean())
+        out["loss"] = (out["loss_s25"] + out["loss_s50"] + out["loss_s75"]) / 3
         return out
 
     def export(self, ema: nn.Module, folder: Path, meta: dict[str, Any]) -> None:
@@ -192,9 +258,36 @@ class WorldTask:
 
 def teacher_config(args: WorldArgs) -> EngineConfig:
     base = get_preset(args.preset)
-    return dataclasses.replace(
-        base, model=dataclasses.replace(base.model, context_sigma=args.context_sigma),
-        sampler=SamplerConfig(kind="euler", steps=args.teacher_steps, schedule="linear"))
+    model = dataclasses.replace(base.model, context_sigma=args.context_sigma, copy_prior=args.copy_prior,
+                                copy_tau=args.copy_tau, window_frames=args.window or base.model.window_frames)
+    return dataclasses.replace(base, model=model,
+                               sampler=SamplerConfig(kind="euler", steps=args.teacher_steps, schedule="linear"))
+
+
+# What a fine-tune may change relative to its --init checkpoint: the trunk's shapes stay.
+_FINETUNE_FIELDS = ("context_sigma", "copy_prior", "copy_tau", "window_frames")
+
+
+def init_from(model: DiT, path: str) -> list[str]:
+    """Load ``path``'s weights into ``model`` (a fine-tune). The two configs may differ only in
+    _FINETUNE_FIELDS. Going from a plain model to a copy-prior one, the new input layers keep
+    their init and the output layer is zeroed, so the fine-tune starts exactly at copy-last.
+    Returns the names of the tensors that did not come from ``path``."""
+    init_config, _ = load_config(path)
+    same = {f: getattr(model.cfg, f) for f in _FINETUNE_FIELDS}
+    if dataclasses.replace(init_config.model, **same) != model.cfg:
+        raise ValueError(f"--init {path}: its model differs from this run's in more than {_FINETUNE_FIELDS}")
+    own = model.state_dict()
+    init_model = DiT(init_config.model)
+    loaded = load_weights(path, init_model.state_dict())
+    new = sorted(set(own) - set(loaded))
+    model.load_state_dict({**own, **{k: v for k, v in loaded.items() if k in own}})
+    if model.cfg.copy_prior and not init_config.model.copy_prior:
+        for name in ("prev_in", "prev_sigma_embed.mlp.2"):
+            nn.init.zeros_(model.get_submodule(name).weight)
+        nn.init.zeros_(model.patch_out.weight)
+        nn.init.zeros_(model.patch_out.bias)
+    return new
 
 
 def load_latent_data(data: str, tok_dir: Path, held_out: int, device: torch.device,
@@ -230,11 +323,7 @@ def train_world(args: WorldArgs, progress: bool = True) -> dict[str, float]:
     model = DiT(config.model)
     model.init_weights(torch.Generator().manual_seed(args.seed), adaln_zero=True)
     if args.init is not None:
-        init_config, _ = load_config(args.init)
-        if init_config.model != config.model:
-            raise ValueError(f"--init {args.init}: its model config differs from preset {args.preset} "
-                             f"(with --context-sigma {args.context_sigma})")
-        model.load_state_dict(load_weights(args.init, model.state_dict()))
+        init_from(model, args.init)
     model.to(device)
     loop = LoopConfig(steps=args.steps, lr=args.lr, warmup=200, ema=args.ema, checkpoint_every=args.checkpoint_every,
                       seed=args.seed, bf16=True)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from engine.config import ModelConfig
+from engine.model.copy_prior import copy_x0, velocity
 from engine.model.layers import RMSNorm, Rope3D, SigmaEmbedder, modulate, patchify, unpatchify
 from kernels.attention import AttentionBackend, SDPAAttention
 
@@ -84,7 +85,14 @@ class DiTBlock(nn.Module):
 
 
 class DiT(nn.Module):
-    """forward(x, sigma, action, ctx) -> velocity, for the F frames in ``ctx``."""
+    """forward(x, sigma, action, ctx[, prev, prev_sigma]) -> velocity, for the F frames in ``ctx``.
+
+    With ``cfg.copy_prior`` each frame also reads its predecessor's latent ``prev`` (as written
+    to context, at noise level ``prev_sigma``): it is added to the frame's tokens through its
+    own patch embedding, its level to the frame's conditioning, and the output is
+    preconditioned around it (engine/model/copy_prior.py). A frame with no predecessor (a
+    rollout's first) gets ``prev`` = 0 at level 1.
+    """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -92,6 +100,9 @@ class DiT(nn.Module):
         self.patch_in = nn.Linear(cfg.patch_dim, cfg.dim)
         self.sigma_embed = SigmaEmbedder(cfg.dim)
         self.action_embed = nn.Linear(cfg.num_actions, cfg.dim)
+        if cfg.copy_prior:
+            self.prev_in = nn.Linear(cfg.patch_dim, cfg.dim)
+            self.prev_sigma_embed = SigmaEmbedder(cfg.dim)
         self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.depth))
         self.norm_out = nn.LayerNorm(cfg.dim, elementwise_affine=False, eps=1e-6)
         self.ada_out = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 2 * cfg.dim))
@@ -115,11 +126,19 @@ class DiT(nn.Module):
                 nn.init.zeros_(layer.weight)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, action: torch.Tensor,
-                ctx: AttentionContext) -> torch.Tensor:
+                ctx: AttentionContext, prev: torch.Tensor | None = None,
+                prev_sigma: torch.Tensor | None = None) -> torch.Tensor:
         cfg = self.cfg
         dtype = self.patch_in.weight.dtype
         tokens = self.patch_in(patchify(x.to(dtype), cfg.patch_size))  # (B, F, N, D)
         cond = self.sigma_embed(sigma) + self.action_embed(action.to(dtype))  # (B, F, D)
+        if cfg.copy_prior:
+            if prev is None:  # no predecessor: nothing to copy
+                prev, prev_sigma = torch.zeros_like(x), torch.ones_like(sigma)
+            if prev_sigma is None:
+                raise ValueError("prev needs prev_sigma (its noise level, (B, F))")
+            tokens = tokens + self.prev_in(patchify(prev.to(dtype), cfg.patch_size))
+            cond = cond + self.prev_sigma_embed(prev_sigma)
         cos_q, sin_q, cos_k, sin_k = self.rope.tables(ctx.frame_index)
         mask = self.backend.prepare(ctx.mask, dtype)  # once per forward, shared by all layers
         inp = AttentionInputs(ctx, cos_q, sin_q, cos_k, sin_k, self.backend, mask)
@@ -127,8 +146,12 @@ class DiT(nn.Module):
             tokens = block(tokens, cond, layer, inp)
         shift, scale = self.ada_out(cond).chunk(2, dim=-1)
         out = self.patch_out(modulate(self.norm_out(tokens), shift, scale))  # (B, F, N, C*p*p)
-        return unpatchify(out, cfg.patch_size, cfg.latent_channels, cfg.latent_height,
-                          cfg.latent_width).float()
+        out = unpatchify(out, cfg.patch_size, cfg.latent_channels, cfg.latent_height, cfg.latent_width).float()
+        if not cfg.copy_prior:
+            return out
+        assert prev is not None
+        x0 = copy_x0(x.float(), prev.float(), sigma, out, cfg.copy_tau)
+        return velocity(x.float(), x0, sigma)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,154 @@
+"""Copy prior: a frame reads its predecessor, and the untrained (zero-output) model is copy-last.
+
+Checks: the preconditioning's limits; the engine feeds each frame its predecessor's context
+latent, the same in cached and recompute mode and the same as training's clip forward; a
+fine-tune from a plain checkpoint starts exactly at copy-last; training lowers the loss."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from pathlib import Path
+
+import torch
+
+from engine.action import Action
+from engine.cache import FullContext
+from engine.checkpoint import save_checkpoint
+from engine.config import EngineConfig, SamplerConfig
+from engine.engine import Engine
+from engine.model.copy_prior import copy_gain, copy_scale, copy_x0
+from engine.model.dit import DiT
+from engine.runner import Runner
+from tests.conftest import action_script, make_engine, make_model
+from tests.test_train import _episodes
+from train.world import WorldArgs, WorldTask, init_from
+
+
+def _copy(config: EngineConfig, **model: object) -> EngineConfig:
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, copy_prior=True, **model))
+
+
+def _zero_head(config: EngineConfig) -> DiT:
+    model = make_model(config)
+    model.init_weights(torch.Generator().manual_seed(0), std=0.2, adaln_zero=True)
+    return model
+
+
+def test_preconditioning_limits() -> None:
+    s = torch.tensor([[1.0, 0.5, 1e-4]])
+    k, c = copy_gain(s, 0.5), copy_scale(s, 0.5)
+    assert k[0, 0] == 0 and abs(float(k[0, 2]) - 1) < 1e-3  # pure noise: prev; no noise: x itself
+    assert abs(float(c[0, 0]) - 0.5) < 1e-6 and float(c[0, 2]) < 1e-3
+    x, prev = torch.randn(1, 3, 2, 3, 4), torch.randn(1, 3, 2, 3, 4)
+    x0 = copy_x0(x, prev, s, torch.zeros_like(x), 0.5)
+    assert torch.equal(x0[:, 0], prev[:, 0])
+    torch.testing.assert_close(x0[:, 2], x[:, 2], atol=1e-3, rtol=0)
+
+
+def test_untrained_model_is_copy_last(tiny: EngineConfig) -> None:
+    """Zero output layer, 1 step from sigma 1: every generated frame is its predecessor."""
+    config = dataclasses.replace(_copy(tiny), sampler=SamplerConfig(kind="consistency", steps=1))
+    engine = Engine.build(config, _zero_head(config))
+    m = config.model
+    context = torch.randn(4, m.latent_channels, m.latent_height, m.latent_width)
+    engine.reset(0, context=context, context_actions=[Action()] * 3)
+    frames = list(engine.stream(action_script(5)))
+    torch.testing.assert_close(frames[0].latent, context[-1], atol=1e-5, rtol=0)
+    for a, b in itertools.pairwise(frames):
+        torch.testing.assert_close(b.latent, a.latent, atol=1e-5, rtol=0)
+
+
+def test_predecessor_changes_the_output_only_for_copy_models(tiny: EngineConfig) -> None:
+    m = tiny.model
+    x, sigma = torch.randn(1, 2, m.latent_channels, m.latent_height, m.latent_width), torch.full((1, 2), 0.5)
+    action, ctx = torch.zeros(1, 2, 8), FullContext(torch.arange(2)[None], m.tokens_per_frame, 1, m.window_frames)
+    p1, p2, ps = torch.randn_like(x), torch.randn_like(x), torch.full((1, 2), 0.1)
+    plain, copy = make_model(tiny), make_model(_copy(tiny))
+    with torch.no_grad():
+        assert torch.equal(plain(x, sigma, action, ctx, p1, ps), plain(x, sigma, action, ctx, p2, ps))
+        assert (copy(x, sigma, action, ctx, p1, ps) - copy(x, sigma, action, ctx, p2, ps)).abs().max() > 1e-3
+
+
+def test_cached_equals_recompute_with_copy_prior(tiny: EngineConfig) -> None:
+    config = _copy(tiny, context_sigma=0.2)
+    horizon = config.model.sink_frames + config.model.window_frames
+    runs = []
+    for recompute in (False, True):
+        e = make_engine(config, recompute=recompute)
+        runs.append([e.reset(3), *e.stream(action_script(horizon))])
+    for a, b in zip(*runs, strict=True):
+        torch.testing.assert_close(a.latent, b.latent, atol=2e-5, rtol=0)
+    again = make_engine(config)
+    assert torch.equal(again.reset(3).latent, runs[0][0].latent)  # deterministic
+
+
+def test_training_clip_matches_the_engine_inputs(tiny: EngineConfig) -> None:
+    """With every frame at a context level, training's predecessors are exactly the frames the
+    engine would pass (frame i-1 as shown, the sink's one zeros at level 1), and the clip forward
+    equals the runner's cached step-by-step forward fed the same predecessors."""
+    config = _copy(tiny)
+    task = WorldTask(WorldArgs(data="-", tokenizer="-", out="-", frames=7, max_gap=0, copy_prior=True),
+                     config, _episodes(config), [], Path("-"), torch.device("cpu"))
+    model = make_model(config)
+    g = torch.Generator().manual_seed(0)
+    x0, actions, index, before = task.sample_clips(task.train, task.weights, 1, g)
+    sigma = torch.rand(index.shape, generator=g) * 0.15
+    target = torch.zeros(index.shape, dtype=torch.bool)
+    xt = (1 - sigma[..., None, None, None]) * x0 + sigma[..., None, None, None] * torch.randn(x0.shape)
+    prev, prev_sigma = task.predecessors(x0, xt, sigma, target, before, g)
+    assert torch.equal(prev[:, 0], torch.zeros_like(prev[:, 0])) and prev_sigma[0, 0] == 1
+    assert torch.equal(prev[:, 1:], xt[:, :-1]) and torch.equal(prev_sigma[:, 1:], sigma[:, :-1])
+    m = config.model
+    with torch.no_grad():
+        full = model(xt, sigma, actions, FullContext(index, m.tokens_per_frame, m.sink_frames, m.window_frames),
+                     prev, prev_sigma)
+        runner = Runner(config, model)
+        steps = []
+        for t in range(7):
+            sl = slice(t, t + 1)
+            steps.append(runner.forward(0, xt[:, sl], sigma[:, sl], actions[:, sl], prev[:, sl], prev_sigma[:, sl]))
+            runner.cache.commit(0, 1)
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=2e-5, rtol=1e-5)
+    # A target predecessor is re-drawn at a context level, as inference always has it.
+    target[:, 2] = True
+    prev, prev_sigma = task.predecessors(x0, xt, sigma, target, before, g)
+    assert not torch.equal(prev[:, 3], xt[:, 2]) and prev_sigma[0, 3] <= task.args.context_sigma_max
+
+
+def test_finetune_from_a_plain_checkpoint_starts_at_copy_last(tiny: EngineConfig, tmp_path: Path) -> None:
+    plain = make_model(tiny)
+    save_checkpoint(tmp_path / "plain", tiny, plain.state_dict())
+    config = _copy(tiny)
+    model = DiT(config.model)
+    model.init_weights(torch.Generator().manual_seed(1))
+    new = init_from(model, str(tmp_path / "plain"))
+    assert new and all(n.startswith(("prev_in", "prev_sigma_embed")) for n in new)
+    assert torch.equal(model.blocks[0].attn.qkv.weight, plain.blocks[0].attn.qkv.weight)
+    m = config.model
+    x = torch.randn(1, 1, m.latent_channels, m.latent_height, m.latent_width)
+    prev = torch.randn_like(x)
+    ctx = FullContext(torch.zeros(1, 1, dtype=torch.long), m.tokens_per_frame, 1, m.window_frames)
+    with torch.no_grad():
+        v = model(x, torch.ones(1, 1), torch.zeros(1, 1, 8), ctx, prev, torch.full((1, 1), 0.05))
+    torch.testing.assert_close(x - v, prev, atol=1e-6, rtol=0)
+
+
+def test_copy_prior_training_lowers_the_loss(tiny: EngineConfig) -> None:
+    config = _copy(tiny)
+    task = WorldTask(WorldArgs(data="-", tokenizer="-", out="-", frames=6, copy_prior=True, target_one=0.3),
+                     config, _episodes(config), [], Path("-"), torch.device("cpu"))
+    model = _zero_head(config)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    x0, actions, index, before = task.sample_clips(task.train, task.weights, 4, g)
+    sigma, target = task.noise_levels(tuple(index.shape), g)
+    assert (sigma == 1).any()
+    losses = []
+    for _ in range(150):
+        loss = task.flow_loss(model, x0, actions, index, before, sigma, target, torch.Generator().manual_seed(1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < losses[0] / 3, (losses[0], losses[-1])
