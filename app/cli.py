@@ -116,6 +116,9 @@ def _train_parsers(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--device", default="cpu")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--checkpoint-every", type=int, default=250)
+    t.add_argument("--init", default=None, metavar="DIR", help="start from this tokenizer")
+    t.add_argument("--decoder-only", action="store_true",
+                   help="fine-tune the decoder alone (needs --init): latents, and models trained on them, stay valid")
 
     w = which.add_parser("world", help="the block-causal DiT teacher (flow matching)")
     w.add_argument("--data", required=True, metavar="DIR", help="shards from `worldstream collect`")
@@ -136,6 +139,7 @@ def _train_parsers(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--window", type=int, default=0, help="frames attended besides sinks (default: the preset's)")
     w.add_argument("--target-one", type=float, default=0.0,
                    help="share of targets at sigma 1, where a 1-step sampler starts (default 0)")
+    w.add_argument("--bf16", action="store_true", help="autocast the forward in bfloat16 (default: fp32)")
     w.add_argument("--teacher-steps", type=int, default=16, help="Euler steps of the exported teacher")
     w.add_argument("--action-weight", type=float, default=1.0,
                    help="loss weight of frames just after an action change (default: 1, no emphasis)")

@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from engine.action import Action
 from engine.config import EngineConfig, SamplerConfig
 from engine.runner import Runner
 from engine.tokenizer import Tokenizer, TokenizerConfig, TokenizerDecoder, load_tokenizer, save_tokenizer
@@ -215,6 +216,17 @@ def test_train_cli_end_to_end(tmp_path: Path) -> None:
     tok, world = tmp_path / "tok", tmp_path / "world"
     assert main(["train", "tokenizer", "--data", str(data), "--out", str(tok), "--steps", "2",
                  "--batch", "2", "--checkpoint-every", "2"]) == 0
+    # decoder-only fine-tune: the encoder and the latent statistics stay bit-identical
+    dec = tmp_path / "dec"
+    assert main(["train", "tokenizer", "--data", str(data), "--out", str(dec), "--init", str(tok), "--decoder-only",
+                 "--steps", "2", "--batch", "2", "--checkpoint-every", "2", "--lr", "1e-2"]) == 0
+    t0, t1 = load_tokenizer(tok)[0].state_dict(), load_tokenizer(dec)[0].state_dict()
+    from train.tokenizer import DECODER
+
+    assert all(torch.equal(t0[k], t1[k]) for k in t0 if k.split(".")[0] not in DECODER)
+    for part in DECODER:  # every decoder part is trained
+        assert any(not torch.equal(t0[k], t1[k]) for k in t0 if k.split(".")[0] == part), part
+    assert main(["train", "tokenizer", "--data", str(data), "--out", str(tmp_path / "d2"), "--decoder-only"]) == 2
     assert main(["train", "world", "--data", str(data), "--tokenizer", str(tok), "--out", str(world),
                  "--steps", "1", "--batch", "1", "--frames", "4", "--checkpoint-every", "1",
                  "--teacher-steps", "2"]) == 0
@@ -254,6 +266,18 @@ def test_train_cli_end_to_end(tmp_path: Path) -> None:
     # a student is not a flow-matching teacher
     assert main(["train", "distill", "--teacher", str(student), "--data", str(data),
                  "--out", str(tmp_path / "s2"), "--steps", "1"]) == 2
+    # a copy-prior fine-tune of the plain teacher: new config fields recorded, plays, not distillable
+    cp = tmp_path / "copy"
+    assert main(["train", "world", "--data", str(data), "--tokenizer", str(tok), "--out", str(cp), "--init",
+                 str(world), "--copy-prior", "--copy-tau", "0.6", "--window", "2", "--target-one", "0.5",
+                 "--context-sigma-max", "0.3", "--steps", "1", "--batch", "1", "--checkpoint-every", "1",
+                 "--teacher-steps", "1"]) == 0
+    c_engine = Engine.from_checkpoint(cp)
+    m = c_engine.config.model
+    assert m.copy_prior and m.copy_tau == 0.6 and m.window_frames == 2
+    assert c_engine.reset(0).rgb.shape == (120, 160, 3) and c_engine.step(Action()).rgb.shape == (120, 160, 3)
+    assert main(["train", "distill", "--teacher", str(cp), "--data", str(data),
+                 "--out", str(tmp_path / "s3"), "--steps", "1"]) == 2
 
 
 def test_horizontal_shift_sign() -> None:

@@ -4,6 +4,10 @@ Objective: MSE between frames and reconstructions in [-1, 1] (what PSNR measures
 L1 term that keeps edges crisp. After training, the per-channel latent mean/std over training
 frames is measured and stored in the weights, so the exported tokenizer emits unit-scale latents.
 Held-out PSNR is evaluated on whole episodes the tokenizer never saw.
+
+``--decoder-only --init DIR`` fine-tunes just the decoder of an existing tokenizer (GameNGen
+fine-tuned its decoder on game frames too): the encoder and the latent statistics stay frozen,
+so every latent a world model was trained on, and every model using them, stays valid.
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.tokenizer import Tokenizer, TokenizerConfig, save_tokenizer, to_uint8, to_unit
+from engine.tokenizer import Tokenizer, TokenizerConfig, load_tokenizer, save_tokenizer, to_uint8, to_unit
 from engine.world.metrics import psnr
 from train.data import episodes, load_frames, split
 from train.loop import LoopConfig, Trainer, hardware
+
+DECODER = ("dec_in", "dec", "dec_out")  # the Tokenizer's decoder modules
 
 
 @dataclass(frozen=True)
@@ -37,15 +43,22 @@ class TokenizerArgs:
     latent_channels: int = 8
     seed: int = 0
     checkpoint_every: int = 250
+    init: str | None = None  # start from this tokenizer folder
+    decoder_only: bool = False  # train the decoder alone (needs --init): latents stay exactly the same
+
+    def __post_init__(self) -> None:
+        if self.decoder_only and self.init is None:
+            raise ValueError("--decoder-only needs --init DIR (the tokenizer whose decoder to fine-tune)")
 
 
 class TokenizerTask:
     def __init__(self, train_frames: torch.Tensor, eval_frames: torch.Tensor, batch: int,
-                 device: torch.device) -> None:
+                 device: torch.device, keep_stats: bool = False) -> None:
         self.frames = train_frames  # (T, H, W, 3) uint8, CPU
         self.eval_frames = eval_frames
         self.batch = batch
         self.device = device
+        self.keep_stats = keep_stats  # decoder-only: the latent normalisation must not move
 
     def loss(self, model: nn.Module, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         idx = torch.randint(len(self.frames), (self.batch,), generator=generator)
@@ -68,7 +81,8 @@ class TokenizerTask:
 
     def export(self, ema: nn.Module, folder: Path, meta: dict[str, Any]) -> None:
         assert isinstance(ema, Tokenizer)
-        set_latent_stats(ema, self.frames, self.device)
+        if not self.keep_stats:
+            set_latent_stats(ema, self.frames, self.device)
         save_tokenizer(folder, ema, meta)
 
 
@@ -89,14 +103,25 @@ def train_tokenizer(args: TokenizerArgs, progress: bool = True) -> dict[str, flo
     frames = load_frames(args.data, train_rows, every=args.every, progress=progress)
     eval_frames = load_frames(args.data, eval_rows, every=25, progress=progress)[:512]
     h, w = frames.shape[1:3]
-    cfg = TokenizerConfig(latent_channels=args.latent_channels, height=int(h), width=int(w))
     torch.manual_seed(args.seed)
-    net = Tokenizer(cfg).to(device)
+    if args.init is not None:
+        net, init_meta = load_tokenizer(args.init)
+        if (net.cfg.height, net.cfg.width) != (int(h), int(w)):
+            raise ValueError(f"--init {args.init} makes {net.cfg.width}x{net.cfg.height} frames, the data has {w}x{h}")
+        net = net.to(device)
+    else:
+        cfg = TokenizerConfig(latent_channels=args.latent_channels, height=int(h), width=int(w))
+        net, init_meta = Tokenizer(cfg).to(device), {}
+    if args.decoder_only:
+        for name, param in net.named_parameters():
+            param.requires_grad_(name.split(".")[0] in DECODER)
     loop = LoopConfig(steps=args.steps, lr=args.lr, warmup=100, weight_decay=0.0, ema=0.995,
                       checkpoint_every=args.checkpoint_every, seed=args.seed, bf16=True)
     meta = {"data": str(args.data), "train_episodes": len(train_rows), "train_frames": len(frames),
             "held_out_episodes": [r["episode"] for r in eval_rows], "batch": args.batch,
             "hardware": hardware(device)}
-    task = TokenizerTask(frames, eval_frames, args.batch, device)
+    if args.init is not None:
+        meta.update(init=args.init, decoder_only=args.decoder_only, init_meta=init_meta)
+    task = TokenizerTask(frames, eval_frames, args.batch, device, keep_stats=args.decoder_only)
     return Trainer(net, task, loop, args.out, meta=meta, progress=progress).run()
 
