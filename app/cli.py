@@ -225,6 +225,8 @@ def _play_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fps", type=float, default=17.5, help="frames per second per session (default: 17.5)")
     p.add_argument("--recordings", default="recordings", metavar="DIR", help="where recordings go")
     p.add_argument("--seed", type=int, default=None, help="seed of each session's first rollout (default: random)")
+    p.add_argument("--start", default=None, metavar="SCENE",
+                   help="start scene: a name in assets/scenes/ or 'generated' (default: map01 if it fits the model)")
 
     r = sub.add_parser("record", help="record a rollout to MP4 (headless), or replay a recording exactly",
                        description="Roll out the model headless and write STEM.mp4 + STEM.actions.jsonl + "
@@ -239,6 +241,8 @@ def _play_parsers(sub: argparse._SubParsersAction) -> None:
                      help="regenerate this recording with its model and seed; exit 1 if any frame differs")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--scale", type=int, default=3, help="MP4 pixels per frame pixel (default: 3)")
+    r.add_argument("--start", default=None, metavar="SCENE",
+                   help="start scene: a name in assets/scenes/ or 'generated' (default: map01 if it fits the model)")
     r.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -380,7 +384,7 @@ def _play(args: argparse.Namespace) -> int:
 
     spec = _spec(args)
     serve(ServeArgs(host=args.host, port=args.port, token=args.token, max_sessions=args.max_sessions,
-                    fps=args.fps, recordings=args.recordings, seed=args.seed), spec)
+                    fps=args.fps, recordings=args.recordings, seed=args.seed, start=args.start), spec)
     return 0
 
 
@@ -389,7 +393,8 @@ def _record(args: argparse.Namespace) -> int:
 
     spec = None if args.replay is not None else _spec(args)
     result = run_record(RecordArgs(out=args.out, seconds=args.seconds, actions=args.actions, policy=args.policy,
-                                   seed=args.seed, replay=args.replay, scale=args.scale, spec=spec))
+                                   seed=args.seed, replay=args.replay, scale=args.scale, spec=spec,
+                                   start=args.start))
     if args.json:
         print(json.dumps(result, indent=2))
     elif args.replay is not None:

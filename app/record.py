@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from app.engine_spec import EngineSpec
 from app.recorder import Recorder, event_action, event_reset, event_step, frame_sha1, paths, read_events, stem_of
+from app.scenes import GENERATED, SceneStarter, resolve_start
 from engine.engine import Engine
 from engine.types import Frame
 from engine.world.policy import ExplorePolicy
@@ -39,12 +40,14 @@ class RecordArgs:
     replay: str | None = None  # a recording's actions.jsonl: regenerate it exactly
     scale: int = 3  # MP4 pixels per frame pixel (nearest neighbour)
     spec: EngineSpec | None = None  # the engine (not used by --replay: meta.json names it)
+    start: str | None = None  # start scene (app/scenes.py); None: the default scene when it fits the model
 
 
-def play_event(engine: Engine, event: dict[str, Any]) -> tuple[Frame, dict[str, Any]]:
+def play_event(engine: Engine, event: dict[str, Any], starter: SceneStarter) -> tuple[Frame, dict[str, Any]]:
     """Apply one actions.jsonl event; returns the frame and the event as it is written back."""
     if event["event"] == "reset":
-        return engine.reset(event["seed"]), event_reset(event["seed"])
+        start = event.get("start", GENERATED)
+        return starter.reset(engine, event["seed"], start), event_reset(event["seed"], start)
     action = event_action(event)
     return engine.step(action), event_step(action)
 
@@ -62,16 +65,18 @@ def run_record(args: RecordArgs) -> dict[str, Any]:
         raise ValueError("--seconds must be in (0, 3600]")
     spec = args.spec or EngineSpec()
     engine = spec.build()
+    starter = SceneStarter()
+    start = resolve_start(args.start, engine, starter)
     fps = engine.config.frame.fps
     if args.actions is not None:
         events = read_events(args.actions)
         if not events or events[0]["event"] != "reset":
-            events = [event_reset(args.seed), *events]
+            events = [event_reset(args.seed, start), *events]
         if args.seconds is not None:
             events = events[: round(args.seconds * fps) + 1]
         source = f"actions:{args.actions}"
     else:
-        events = [event_reset(args.seed)] + [None] * round((args.seconds or 60.0) * fps)  # policy fills in
+        events = [event_reset(args.seed, start)] + [None] * round((args.seconds or 60.0) * fps)  # policy fills in
         source = f"policy:{args.policy}"
     policy = ExplorePolicy(seed=args.seed)
     meta = {"engine": spec.describe(), "model": spec.name, "seed": args.seed, "source": source}
@@ -79,7 +84,7 @@ def run_record(args: RecordArgs) -> dict[str, Any]:
     start = time.perf_counter()
     try:
         for event in tqdm(events, desc="record", unit="frame", file=sys.stderr, disable=None):
-            frame, clean = play_event(engine, event if event is not None else event_step(policy({})))
+            frame, clean = play_event(engine, event if event is not None else event_step(policy({})), starter)
             recorder.add(clean, frame.index, frame.rgb)
     finally:
         final = recorder.close()
@@ -109,13 +114,14 @@ def replay(args: RecordArgs) -> dict[str, Any]:
         raise ValueError(f"{actions}: a recording starts with a reset event")
     out = Path(args.out) if args.out is not None else stem.with_name(stem.name + ".replay.mp4")
     engine = spec.build()
+    starter = SceneStarter()
     recorder = Recorder(stem_of(out), {**meta, "source": f"replay:{actions}"}, float(meta["fps"]),
                         scale=int(meta.get("scale", args.scale)))
     identical = mismatched = 0
     first_mismatch: int | None = None
     try:
         for event in tqdm(events, desc="replay", unit="frame", file=sys.stderr, disable=None):
-            frame, clean = play_event(engine, event)
+            frame, clean = play_event(engine, event, starter)
             if not event.get("rec", True):
                 continue
             recorder.add(clean, frame.index, frame.rgb)

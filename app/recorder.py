@@ -40,8 +40,13 @@ def frame_sha1(rgb: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(rgb).tobytes()).hexdigest()
 
 
-def event_reset(seed: int) -> dict[str, Any]:
-    return {"event": "reset", "seed": int(seed)}
+def event_reset(seed: int, start: str = "generated") -> dict[str, Any]:
+    """A rollout's start: the seed, and the start scene unless the first frame was generated
+    (older recordings have no "start": generated)."""
+    event: dict[str, Any] = {"event": "reset", "seed": int(seed)}
+    if start != "generated":
+        event["start"] = start
+    return event
 
 
 def event_step(action: Action) -> dict[str, Any]:
@@ -157,6 +162,9 @@ def read_events(path: str | Path) -> list[dict[str, Any]]:
                 seed = obj.get("seed", 0)
                 if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
                     raise ValueError(f"{path}:{n}: reset seed must be a non-negative integer")
+                start = obj.get("start", "generated")
+                if not isinstance(start, str) or not 0 < len(start) <= 64:
+                    raise ValueError(f"{path}:{n}: reset start must be a scene name")
             elif kind == "step":
                 buttons = obj.get("buttons")
                 if not isinstance(buttons, list) or any(b not in BUTTONS for b in buttons):

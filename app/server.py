@@ -34,6 +34,7 @@ from fastapi.responses import FileResponse, JSONResponse
 
 from app.engine_spec import EngineSpec
 from app.protocol import Input, Pause, ProtocolError, RateLimit, Record, Reset, Stats, parse
+from app.scenes import SceneStarter, resolve_start
 from app.session import Outgoing, PlaySession, SessionInfo
 from engine.action import NOOP
 from engine.engine import Engine
@@ -57,6 +58,7 @@ class ServeArgs:
     fps: float = 17.5
     recordings: str = "recordings"
     seed: int | None = None  # first rollout's seed (default: random per session)
+    start: str | None = None  # start scene (app/scenes.py); None: the default scene when it fits the model
     rate_limit: float = 100.0  # client messages per second (bursts of twice that)
 
     def __post_init__(self) -> None:
@@ -111,8 +113,10 @@ class Hub:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
         self.queue_depth = 0  # engine calls waiting or running
         self.cpu = CpuMeter()
+        starter = SceneStarter()
         self.info = SessionInfo(model=spec.name, fps=args.fps, engine=spec.describe(),
-                                recordings=Path(args.recordings).resolve())
+                                recordings=Path(args.recordings).resolve(), starter=starter,
+                                start=resolve_start(args.start, base, starter))
         frame = base.config.frame
         self.frame_size = (frame.width, frame.height)
 

@@ -15,7 +15,7 @@ import json
 import secrets
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from PIL import Image
 from app.controls import to_action
 from app.protocol import MAX_SEED, Input, Record, Reset
 from app.recorder import Recorder, event_reset, event_step
+from app.scenes import GENERATED, SceneStarter
 from engine.engine import Engine
 from engine.types import Frame
 
@@ -47,6 +48,8 @@ class SessionInfo:
     engine: dict[str, Any]  # EngineSpec.describe(), stored with recordings
     recordings: Path  # where recordings are written
     jpeg_quality: int = JPEG_QUALITY
+    start: str = GENERATED  # the start scene of every rollout (app/scenes.py)
+    starter: SceneStarter = field(default_factory=SceneStarter)  # shared: scenes encoded once
 
 
 class PlaySession:
@@ -126,8 +129,8 @@ class PlaySession:
     # ------------------------------------------------------------------ internals
     def _reset(self, seed: int | None) -> tuple[Frame, dict[str, Any]]:
         self.seed = seed if seed is not None else secrets.randbelow(MAX_SEED + 1)
-        frame = self.engine.reset(self.seed)
-        event = event_reset(self.seed)
+        frame = self.info.starter.reset(self.engine, self.seed, self.info.start)
+        event = event_reset(self.seed, self.info.start)
         self.history = [event]
         return frame, event
 
