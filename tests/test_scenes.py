@@ -11,7 +11,6 @@ import pytest
 
 from app.cli import main
 from app.scenes import DEFAULT_SCENE, GENERATED, SCENES_DIR, SceneStarter, load_scene, resolve_start, scene_names
-from engine.config import PRESETS
 from engine.engine import Engine
 
 
