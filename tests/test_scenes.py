@@ -26,7 +26,7 @@ def test_shipped_scenes_load() -> None:
 def test_bad_scenes_are_refused_with_one_line(tmp_path: Path) -> None:
     folder = tmp_path / "scenes"
     shutil.copytree(SCENES_DIR, folder)
-    with pytest.raises(ValueError, match="unknown start scene 'nope'.*map01"):
+    with pytest.raises(ValueError, match=r"unknown start scene 'nope'.*map01"):
         load_scene("nope", folder)
     png = folder / f"{DEFAULT_SCENE}.png"
     png.write_bytes(png.read_bytes()[:-10])
