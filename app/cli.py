@@ -139,6 +139,9 @@ def _train_parsers(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--window", type=int, default=0, help="frames attended besides sinks (default: the preset's)")
     w.add_argument("--target-one", type=float, default=0.0,
                    help="share of targets at sigma 1, where a 1-step sampler starts (default 0)")
+    w.add_argument("--self-prob", type=float, default=0.0,
+                   help="share of clips whose last history frames are the model's own 1-step samples (default 0)")
+    w.add_argument("--self-frames", type=int, default=3, help="self-generated history frames in such a clip")
     w.add_argument("--bf16", action="store_true", help="autocast the forward in bfloat16 (default: fp32)")
     w.add_argument("--teacher-steps", type=int, default=16, help="Euler steps of the exported teacher")
     w.add_argument("--action-weight", type=float, default=1.0,

@@ -38,6 +38,7 @@ class ModelConfig:
     # the denoiser is preconditioned so that its default output is the predecessor (copy-last).
     copy_prior: bool = False
     copy_tau: float = 0.5  # prior std of a frame's change from its predecessor (latent units)
+    latent_clip: float = 0.0  # > 0: generated latents are clamped to [-clip, clip] (the tokenizer's range)
 
     def __post_init__(self) -> None:
         positive = ("latent_channels", "latent_height", "latent_width", "patch_size", "dim",
@@ -55,6 +56,8 @@ class ModelConfig:
             raise ConfigError(f"model.context_sigma must be in [0, 1), got {self.context_sigma}")
         if self.mlp_ratio <= 0:
             raise ConfigError(f"model.mlp_ratio must be > 0, got {self.mlp_ratio}")
+        if self.latent_clip < 0:
+            raise ConfigError(f"model.latent_clip must be >= 0 (0 = off), got {self.latent_clip}")
         if self.copy_tau <= 0:
             raise ConfigError(f"model.copy_tau must be > 0, got {self.copy_tau}")
 

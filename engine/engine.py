@@ -155,6 +155,9 @@ class Engine:
         noise = torch.randn(self._latent_shape, generator=self._generator, device=self.device)
         denoise = self._denoiser_recompute(t, a) if self.recompute else self._denoiser_cached(a)
         x0 = self._sampler(denoise, noise, self._sigmas, self._generator)  # (1, C, h, w)
+        clip = self.config.model.latent_clip
+        if clip > 0:  # a rollout must stay where the tokenizer's latents live, or it feeds on its own blow-up
+            x0 = x0.clamp(-clip, clip)
         self._finish(t, x0, a)
         timer.mark("model")
         rgb = self.decoder.decode(x0)[0].cpu().numpy()

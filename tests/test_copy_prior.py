@@ -152,3 +152,34 @@ def test_copy_prior_training_lowers_the_loss(tiny: EngineConfig) -> None:
         opt.step()
         losses.append(float(loss.detach()))
     assert losses[-1] < losses[0] / 3, (losses[0], losses[-1])
+
+
+def test_self_forcing_replaces_the_last_history_frames(tiny: EngineConfig) -> None:
+    config = _copy(tiny)
+    task = WorldTask(WorldArgs(data="-", tokenizer="-", out="-", frames=7, copy_prior=True, self_prob=1.0,
+                               self_frames=2), config, _episodes(config), [], Path("-"), torch.device("cpu"))
+    model = make_model(config)
+    g = torch.Generator().manual_seed(0)
+    x0, actions, index, before = task.sample_clips(task.train, task.weights, 3, g)
+    sigma, target = task.noise_levels(tuple(index.shape), g)
+    mine = torch.tensor([True, False, True])
+    x, s, t = task.self_forced(model, x0, actions, index, before, sigma, target, mine, g)
+    assert torch.equal(x[1], x0[1]) and torch.equal(s[1], sigma[1]) and torch.equal(t[1], target[1])
+    for b in (0, 2):
+        assert torch.equal(x[b, :4], x0[b, :4]) and torch.equal(x[b, 6], x0[b, 6])  # only frames 4, 5 replaced
+        assert not torch.equal(x[b, 4], x0[b, 4]) and not torch.equal(x[b, 5], x0[b, 5])
+        assert t[b].tolist() == [False] * 6 + [True]
+        assert (s[b, :6] <= task.args.context_sigma_max).all()
+    loss, info = task.loss(model, torch.Generator().manual_seed(1))
+    assert torch.isfinite(loss) and info["self"] == 1.0
+
+
+def test_latent_clip_bounds_generated_frames(tiny: EngineConfig) -> None:
+    """With ``latent_clip`` every generated latent stays in [-clip, clip]; without it the same
+    weights produce larger values (so the clamp is what bounds them)."""
+    clipped = dataclasses.replace(tiny, model=dataclasses.replace(tiny.model, latent_clip=0.5))
+    free = [make_engine(tiny).reset(0)]
+    e = make_engine(clipped)
+    frames = [e.reset(0), *e.stream(action_script(6))]
+    assert max(float(f.latent.abs().max()) for f in frames) <= 0.5
+    assert float(free[0].latent.abs().max()) > 0.5
