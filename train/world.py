@@ -226,7 +226,8 @@ class WorldTask:
         mine = torch.rand(len(x0), generator=g) < self.args.self_prob
         if mine.any():
             x0, sigma, target = self.self_forced(model, x0, actions, index, before, sigma, target, mine, g)
-        return self.flow_loss(model, x0, actions, index, before, sigma, target, g, weight), {"self": float(mine.float().mean())}
+        loss = self.flow_loss(model, x0, actions, index, before, sigma, target, g, weight)
+        return loss, {"self": float(mine.float().mean())}
 
     @torch.no_grad()
     def self_forced(self, model: nn.Module, x0: torch.Tensor, actions: torch.Tensor, index: torch.Tensor,
