@@ -21,7 +21,7 @@ from engine.model.copy_prior import copy_gain, copy_scale, copy_x0
 from engine.model.dit import DiT
 from engine.runner import Runner
 from tests.conftest import action_script, make_engine, make_model
-from tests.test_train import _episodes
+from tests.test_train import _episodes, fit_one_batch
 from train.world import WorldArgs, WorldTask, init_from
 
 
@@ -139,18 +139,8 @@ def test_copy_prior_training_lowers_the_loss(tiny: EngineConfig) -> None:
     task = WorldTask(WorldArgs(data="-", tokenizer="-", out="-", frames=6, copy_prior=True, target_one=0.3),
                      config, _episodes(config), [], Path("-"), torch.device("cpu"))
     model = _zero_head(config)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    g = torch.Generator().manual_seed(0)
-    x0, actions, index, before = task.sample_clips(task.train, task.weights, 4, g)
-    sigma, target = task.noise_levels(tuple(index.shape), g)
+    losses, sigma = fit_one_batch(task, model, 150)
     assert (sigma == 1).any()
-    losses = []
-    for _ in range(150):
-        loss = task.flow_loss(model, x0, actions, index, before, sigma, target, torch.Generator().manual_seed(1))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
     assert losses[-1] < losses[0] / 3, (losses[0], losses[-1])
 
 
