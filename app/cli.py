@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from app.engine_spec import EngineSpec, default_model
+from app.recorder import describe_error
 from engine.checkpoint import CheckpointError
 from engine.config import PRESETS, ConfigError
 from engine.world.maps import DEFAULT_MAPS, UNSEEN_MAPS
@@ -273,6 +274,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, ConfigError, CheckpointError, RuntimeError) as e:
         print(f"worldstream {args.command}: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # disk full, a file too large, a folder that vanished: one line, no traceback
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"worldstream {args.command}: {describe_error(e)}{where}; what was written before stays", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"worldstream {args.command}: interrupted; what was written before stays", file=sys.stderr)
+        return 130
 
 
 def _fields(args: argparse.Namespace) -> dict:

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import html
 import json
+import os
 from pathlib import Path
 
+# A local server never phones home: Gradio reads this when it is imported (and Blocks below say it too).
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 import gradio as gr
 
 from app.controls import KEY_TO_BUTTON, KEYS, PAD_LABELS
@@ -45,7 +48,7 @@ def page_html(model: str, fps: float, width: int, height: int) -> str:
 
 def build_page(model: str, fps: float, width: int, height: int) -> tuple[gr.Blocks, str, str]:
     """(Blocks, css, head) for ``gr.mount_gradio_app``."""
-    with gr.Blocks(title="worldstream — play") as demo:
+    with gr.Blocks(title="worldstream — play", analytics_enabled=False) as demo:
         gr.HTML(html_template=page_html(model, fps, width, height), js_on_load=WEB.joinpath("play.js").read_text(),
                 apply_default_css=False, container=False, padding=False)
     css = WEB.joinpath("play.css").read_text() + "\nfooter { display: none !important; }\n"

@@ -28,6 +28,7 @@ MAX_KEYS = 32
 MAX_AXES = 16
 MAX_BUTTONS = 32
 MAX_SEED = 2**31 - 1
+MAX_NUMBER = 1e15  # |ts| (client clock, ms): a millisecond clock reaches 1e15 in 30,000 years
 
 
 class ProtocolError(ValueError):
@@ -82,7 +83,7 @@ def parse(text: str | bytes | None) -> Message:
         raise ProtocolError(f"message too large (limit {MAX_MESSAGE_BYTES} bytes)")
     try:
         obj = json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # ValueError: JSONDecodeError, or an integer over Python's digit limit
         raise ProtocolError("malformed JSON") from None
     if not isinstance(obj, dict):
         raise ProtocolError("a message must be a JSON object with a \"type\"")
@@ -119,10 +120,12 @@ def _int(obj: dict, name: str, lo: int, hi: int) -> int:
     return v
 
 
-def _number(obj: dict, name: str) -> float:
+def _number(obj: dict, name: str, limit: float = MAX_NUMBER) -> float:
+    """A JSON number in [-limit, limit]. Integers are compared before any float conversion:
+    a 400-digit integer is out of range, not an OverflowError."""
     v = obj[name]
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-        raise ProtocolError(f"{obj['type']}.{name} must be a finite number")
+    if isinstance(v, bool) or not isinstance(v, int | float) or not -limit <= v <= limit:
+        raise ProtocolError(f"{obj['type']}.{name} must be a finite number in [-{limit:g}, {limit:g}]")
     return float(v)
 
 

@@ -11,9 +11,11 @@ rollout's reset and checks every recorded frame's SHA-1 against the file.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,18 @@ from typing import Any
 from tqdm import tqdm
 
 from app.engine_spec import EngineSpec
-from app.recorder import Recorder, event_action, event_reset, event_step, frame_sha1, paths, read_events, stem_of
+from app.recorder import (
+    Recorder,
+    check_writable_dir,
+    describe_error,
+    event_action,
+    event_reset,
+    event_step,
+    frame_sha1,
+    paths,
+    read_events,
+    stem_of,
+)
 from app.scenes import GENERATED, SceneStarter, resolve_start
 from engine.engine import Engine
 from engine.types import Frame
@@ -52,6 +65,30 @@ def play_event(engine: Engine, event: dict[str, Any], starter: SceneStarter) -> 
     return engine.step(action), event_step(action)
 
 
+class RecordingStopped(RuntimeError):
+    """A recording ended early (disk full, interrupted); its text is one line for the user."""
+
+
+def frame_size(engine: Engine) -> tuple[int, int]:
+    return engine.config.frame.height, engine.config.frame.width
+
+
+@contextlib.contextmanager
+def finalised(recorder: Recorder) -> Iterator[dict[str, Any]]:
+    """Close ``recorder`` however the block ends; the yielded dict becomes its final meta. A write
+    error or Ctrl-C becomes one ``RecordingStopped`` line saying what was kept."""
+    final: dict[str, Any] = {}
+    try:
+        yield final
+    except (OSError, KeyboardInterrupt) as e:
+        meta = recorder.close()
+        what = "interrupted" if isinstance(e, KeyboardInterrupt) else describe_error(e)
+        raise RecordingStopped(f"{what} after {meta['frames']} frames; kept what was written before: "
+                               f"{recorder.video_path} (plays up to there) and {recorder.actions_path}") from e
+    finally:
+        final.update(recorder.close())
+
+
 def run_record(args: RecordArgs) -> dict[str, Any]:
     if args.replay is not None:
         return replay(args)
@@ -63,6 +100,7 @@ def run_record(args: RecordArgs) -> dict[str, Any]:
         raise ValueError(f"--policy must be one of {POLICIES}")
     if args.seconds is not None and not 0 < args.seconds <= 3600:
         raise ValueError("--seconds must be in (0, 3600]")
+    check_writable_dir(Path(args.out).parent, "--out")
     spec = args.spec or EngineSpec()
     engine = spec.build()
     starter = SceneStarter()
@@ -80,14 +118,12 @@ def run_record(args: RecordArgs) -> dict[str, Any]:
         source = f"policy:{args.policy}"
     policy = ExplorePolicy(seed=args.seed)
     meta = {"engine": spec.describe(), "model": spec.name, "seed": args.seed, "source": source}
-    recorder = Recorder(stem_of(args.out), meta, fps, scale=args.scale)
+    recorder = Recorder(stem_of(args.out), meta, fps, frame_size=frame_size(engine), scale=args.scale)
     start = time.perf_counter()
-    try:
+    with finalised(recorder) as final:
         for event in tqdm(events, desc="record", unit="frame", file=sys.stderr, disable=None):
             frame, clean = play_event(engine, event if event is not None else event_step(policy({})), starter)
             recorder.add(clean, frame.index, frame.rgb)
-    finally:
-        final = recorder.close()
     wall = time.perf_counter() - start
     return {"out": str(recorder.video_path), "actions": str(recorder.actions_path), "frames": final["frames"],
             "seconds": final["seconds"], "wall_s": round(wall, 2), "fps_generated": final["frames"] / wall,
@@ -116,10 +152,10 @@ def replay(args: RecordArgs) -> dict[str, Any]:
     engine = spec.build()
     starter = SceneStarter()
     recorder = Recorder(stem_of(out), {**meta, "source": f"replay:{actions}"}, float(meta["fps"]),
-                        scale=int(meta.get("scale", args.scale)))
+                        frame_size=frame_size(engine), scale=int(meta.get("scale", args.scale)))
     identical = mismatched = 0
     first_mismatch: int | None = None
-    try:
+    with finalised(recorder) as final:
         for event in tqdm(events, desc="replay", unit="frame", file=sys.stderr, disable=None):
             frame, clean = play_event(engine, event, starter)
             if not event.get("rec", True):
@@ -131,7 +167,5 @@ def replay(args: RecordArgs) -> dict[str, Any]:
                 else:
                     mismatched += 1
                     first_mismatch = frame.index if first_mismatch is None else first_mismatch
-    finally:
-        final = recorder.close()
     return {"out": str(recorder.video_path), "frames": final["frames"], "identical": identical,
             "mismatched": mismatched, "first_mismatch": first_mismatch, "exact": mismatched == 0 and identical > 0}

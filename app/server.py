@@ -15,34 +15,40 @@ sender task that paces frames at the session's FPS. Every engine call runs in on
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import re
 import resource
 import secrets
+import socket
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
-from fastapi import FastAPI, HTTPException, Request, WebSocket, WebSocketDisconnect
+from fastapi import FastAPI, HTTPException, Request, WebSocket
 from fastapi.responses import FileResponse, JSONResponse
 
 from app.engine_spec import EngineSpec
 from app.protocol import Input, Pause, ProtocolError, RateLimit, Record, Reset, Stats, parse
+from app.recorder import check_writable_dir
 from app.scenes import SceneStarter, resolve_start
-from app.session import Outgoing, PlaySession, SessionInfo
+from app.session import FrameOut, PlaySession, SessionInfo, Tick
 from engine.action import NOOP
+from engine.decoder import StandInDecoder
 from engine.engine import Engine
 
 log = logging.getLogger("worldstream.server")
 T = TypeVar("T")
 CLOSE_POLICY = 1008  # wrong or missing token
 CLOSE_FULL = 1013  # "try again later": the server is full
+CLOSE_ERROR = 1011  # the server failed (details in its log, never sent)
+MAX_PENDING = 256  # control messages queued for a client that does not read
 RECORDING_NAME = re.compile(r"^([0-9a-f]{32})\.(mp4|actions\.jsonl|meta\.json)$")
 MEDIA = {"mp4": "video/mp4", "actions.jsonl": "application/x-ndjson", "meta.json": "application/json"}
 
@@ -99,6 +105,7 @@ class Hub:
 
     def __init__(self, args: ServeArgs, spec: EngineSpec) -> None:
         self.args = args
+        recordings = check_writable_dir(args.recordings, "--recordings")  # now, not at the first recording
         try:
             self._engines = self._warm(spec)
         except Exception as e:  # torch.compile needs a working C++ toolchain; play must still start
@@ -114,8 +121,11 @@ class Hub:
         self.queue_depth = 0  # engine calls waiting or running
         self.cpu = CpuMeter()
         starter = SceneStarter()
+        self.decoder = base.decoder.name
+        if spec.model is not None and isinstance(base.decoder, StandInDecoder):
+            log.warning("%s has no tokenizer: frames are decoded by the untrained stand-in", spec.model)
         self.info = SessionInfo(model=spec.name, fps=args.fps, engine=spec.describe(),
-                                recordings=Path(args.recordings).resolve(), starter=starter,
+                                recordings=recordings, starter=starter,
                                 start=resolve_start(args.start, base, starter))
         frame = base.config.frame
         self.frame_size = (frame.width, frame.height)
@@ -150,45 +160,70 @@ class Hub:
             self.queue_depth -= 1
 
     def health(self) -> dict[str, Any]:
-        return {"ok": True, "model": self.spec.name, "sessions": self.sessions,
+        return {"ok": True, "model": self.spec.name, "decoder": self.decoder, "sessions": self.sessions,
                 "max_sessions": self.args.max_sessions, "target_fps": self.args.fps,
                 "server_cpu_cores": round(self.cpu.read(), 3), "queue_depth": self.queue_depth}
 
 
 class Connection:
-    """One websocket: receive loop + paced sender; sends are serialised so that a frame's
-    meta and its JPEG stay adjacent."""
+    """One websocket: a receive loop (input, commands), a producer making frames at the session's
+    FPS, and one sender. Frames pass through a one-frame mailbox: a client that reads slower than
+    frames are made gets the newest frame and misses the others (memory stays bounded, and its
+    pace slows neither its own world nor anyone else's). Control messages queue, at most
+    ``MAX_PENDING`` (beyond that the oldest are dropped and counted)."""
 
     def __init__(self, ws: WebSocket, hub: Hub, session: PlaySession) -> None:
         self.ws, self.hub, self.session = ws, hub, session
         self.paused = False
-        self.wake = asyncio.Event()
+        self.wake = asyncio.Event()  # a command arrived (wakes a paused producer)
+        self.ready = asyncio.Event()  # something to send
         self.limit = RateLimit(hub.args.rate_limit, 2 * hub.args.rate_limit)
-        self._send_lock = asyncio.Lock()
+        self.outbox: collections.deque[str] = collections.deque()
+        self.latest: FrameOut | None = None
+        self.frames_dropped = 0
+        self.messages_dropped = 0
 
-    async def send(self, messages: list[Outgoing]) -> None:
-        async with self._send_lock:
-            for m in messages:
-                if isinstance(m, bytes):
-                    await self.ws.send_bytes(m)
-                else:
-                    await self.ws.send_text(m)
+    def post(self, tick: Tick) -> None:
+        for m in tick.messages:
+            if len(self.outbox) >= MAX_PENDING:
+                self.outbox.popleft()
+                self.messages_dropped += 1
+            self.outbox.append(m)
+        if tick.frame is not None:
+            old, self.latest = self.latest, tick.frame
+            if old is not None:  # never sent: the client is behind
+                self.frames_dropped += 1
+                if old.meta["seq"] is not None and tick.frame.meta["seq"] is None:  # keep the input's echo
+                    tick.frame.meta.update(seq=old.meta["seq"], ts=old.meta["ts"])
+        self.ready.set()
 
-    async def error(self, message: str) -> None:
-        await self.send([json.dumps({"type": "error", "message": message})])
+    def error(self, message: str) -> None:
+        self.post(Tick([json.dumps({"type": "error", "message": message})]))
+
+    async def sender(self) -> None:
+        """The only task that writes to the socket (a frame's meta and JPEG stay adjacent)."""
+        while True:
+            await self.ready.wait()
+            self.ready.clear()
+            while self.outbox:
+                await self.ws.send_text(self.outbox.popleft())
+            frame, self.latest = self.latest, None
+            if frame is not None:
+                await self.ws.send_text(json.dumps(frame.meta))
+                await self.ws.send_bytes(frame.jpeg)
 
     async def frames(self) -> None:
         period = 1.0 / self.hub.args.fps
-        await self.send(await self.hub.run(self.session.start, self.hub.args.seed))
+        self.post(await self.hub.run(self.session.start, self.hub.args.seed))
         next_t = time.monotonic()
         while True:
             if self.paused:
                 await self.wake.wait()
                 self.wake.clear()
-                await self.send(await self.hub.run(self.session.tick, False))
+                self.post(await self.hub.run(self.session.tick, False))
                 next_t = time.monotonic()
                 continue
-            await self.send(await self.hub.run(self.session.tick, True))
+            self.post(await self.hub.run(self.session.tick, True))
             next_t = max(next_t + period, time.monotonic())
             await asyncio.sleep(next_t - time.monotonic())
 
@@ -199,13 +234,12 @@ class Connection:
                 return
             if not self.limit.allow():
                 if self.limit.should_warn():
-                    await self.error(f"too many messages: limit {self.limit.rate:.0f}/s; "
-                                     f"{self.limit.dropped} dropped so far")
+                    self.error(f"too many messages: limit {self.limit.rate:.0f}/s; {self.limit.dropped} dropped so far")
                 continue
             try:
                 m = parse(msg.get("text") if msg.get("text") is not None else msg.get("bytes"))
             except ProtocolError as e:
-                await self.error(str(e))
+                self.error(str(e))
                 continue
             if isinstance(m, Input):
                 self.session.set_input(m)
@@ -215,13 +249,15 @@ class Connection:
             elif isinstance(m, Pause):
                 self.paused = m.paused
                 self.wake.set()
-                await self.send([json.dumps({"type": "paused", "paused": m.paused})])
+                self.post(Tick([json.dumps({"type": "paused", "paused": m.paused})]))
             elif isinstance(m, Stats):
                 h = self.hub.health()
                 stats = self.session.stats(sessions=h["sessions"], max_sessions=h["max_sessions"],
                                            server_cpu_cores=h["server_cpu_cores"], queue_depth=h["queue_depth"],
-                                           paused=self.paused, dropped_messages=self.limit.dropped)
-                await self.send([json.dumps(stats)])
+                                           paused=self.paused, dropped_messages=self.limit.dropped,
+                                           frames_dropped=self.frames_dropped,
+                                           replies_dropped=self.messages_dropped)
+                self.post(Tick([json.dumps(stats)]))
 
 
 def create_app(args: ServeArgs, spec: EngineSpec, page: bool = True) -> FastAPI:
@@ -230,7 +266,9 @@ def create_app(args: ServeArgs, spec: EngineSpec, page: bool = True) -> FastAPI:
     app.state.hub = hub
 
     def authorised(token: str | None) -> bool:
-        return args.token is None or (token is not None and secrets.compare_digest(token, args.token))
+        # Bytes, not str: compare_digest refuses non-ASCII str (a TypeError a client could trigger).
+        return args.token is None or (token is not None and secrets.compare_digest(
+            token.encode("utf-8", "surrogatepass"), args.token.encode("utf-8", "surrogatepass")))
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
@@ -264,32 +302,31 @@ def create_app(args: ServeArgs, spec: EngineSpec, page: bool = True) -> FastAPI:
             return
         conn = Connection(ws, hub, session)
         w, h = hub.frame_size
-        sender: asyncio.Task | None = None
+        conn.post(Tick([json.dumps({"type": "hello", "session": session.id, "model": spec.name, "fps": args.fps,
+                                    "width": w, "height": h, "steps": hub.info.engine["steps"]})]))
+        tasks = [asyncio.create_task(t) for t in (conn.sender(), conn.frames(), conn.receive())]
         try:
-            await conn.send([json.dumps({"type": "hello", "session": session.id, "model": spec.name,
-                                         "fps": args.fps, "width": w, "height": h,
-                                         "steps": hub.info.engine["steps"]})])
-            sender = asyncio.create_task(conn.frames())
-            receiver = asyncio.create_task(conn.receive())
-            await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
-            receiver.cancel()
-            if sender.done() and not sender.cancelled() and sender.exception() is not None:
-                error = sender.exception()
-                if not isinstance(error, WebSocketDisconnect):  # a disconnect mid-send is normal
-                    log.error("session %s: frame loop failed", session.id, exc_info=error)
-                    with contextlib.suppress(Exception):
-                        await conn.error(f"server error: {type(error).__name__}: {error}")
-                        await ws.close(1011, "server error")
-        except WebSocketDisconnect:
-            pass
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            failed = tasks[1].exception() if tasks[1].done() and not tasks[1].cancelled() else None
+            if failed is not None:  # the engine failed: say so without details (they are in the log)
+                log.error("session %s: frame loop failed", session.id, exc_info=failed)
+                with contextlib.suppress(Exception):
+                    await ws.send_text(json.dumps({"type": "error", "code": "server_error",
+                                                   "message": f"server error ({type(failed).__name__}); "
+                                                              "see the server log"}))
+                    await ws.close(CLOSE_ERROR, "server error")
         finally:
-            if sender is not None:
-                sender.cancel()
+            for t in tasks:
+                t.cancel()
+            for t in tasks:  # a send to a gone client fails: that is a disconnect, not an error
                 with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await sender
+                    await t
             hub.release(session)  # the slot is reset by its next session's first call
             # Finalise a recording in progress (shielded: a cancelled handler still closes the file).
-            await asyncio.shield(hub.run(session.close))
+            try:
+                await asyncio.shield(hub.run(session.close))
+            except Exception:
+                log.exception("session %s: closing its recording failed", session.id)
 
     if page:
         import gradio as gr
@@ -302,12 +339,36 @@ def create_app(args: ServeArgs, spec: EngineSpec, page: bool = True) -> FastAPI:
     return app
 
 
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before the model loads: a port in use fails in one line, at once."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise ValueError(f"--host {host}: cannot resolve ({e.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise ValueError(f"port {port} on {host} is in use (another worldstream play?); "
+                             f"choose another with --port") from None
+        raise ValueError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    sock.listen(128)
+    return sock
+
+
 def serve(args: ServeArgs, spec: EngineSpec) -> None:
     import uvicorn
 
+    sock = bind(args.host, args.port)
+    host, port = sock.getsockname()[:2]
     print(f"worldstream: loading {spec.name}" + (" and compiling the step (first time: ~1 min)" if spec.compile else "")
           + " ...", flush=True)
     app = create_app(args, spec)
-    print(f"worldstream: serving {spec.name} at http://{args.host}:{args.port}/ "
+    print(f"worldstream: serving {spec.name} at http://{host}:{port}/ "
           f"(up to {args.max_sessions} sessions, {args.fps:g} FPS)", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, ws_max_size=64 * 1024, log_level="warning")
+    config = uvicorn.Config(app, ws="websockets-sansio", ws_max_size=64 * 1024, log_level="warning")
+    uvicorn.Server(config).run(sockets=[sock])

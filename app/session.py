@@ -4,7 +4,10 @@ Threading: the websocket's receive loop (event loop thread) only calls ``set_inp
 ``command``; everything that touches the engine runs in ``tick``, which the server calls in its
 one engine worker thread. ``tick`` returns the messages to send (text JSON, then binary JPEG).
 
-    receive loop ──set_input/command──> PlaySession ──tick() in worker──> [frame meta, JPEG]
+    receive loop ──set_input/command──> PlaySession ──tick() in worker──> Tick(messages, frame)
+
+A recording that cannot be written (disk full, a folder gone) stops with a ``recording``
+message of state ``failed``; the session goes on. Messages never carry a server path.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import collections
 import io
 import json
+import logging
 import secrets
 import threading
 import time
@@ -24,14 +28,30 @@ from PIL import Image
 
 from app.controls import to_action
 from app.protocol import MAX_SEED, Input, Record, Reset
-from app.recorder import Recorder, event_reset, event_step
+from app.recorder import EventLog, Recorder, describe_error, event_reset, event_step
 from app.scenes import GENERATED, SceneStarter
 from engine.engine import Engine
 from engine.types import Frame
 
-Outgoing = str | bytes
-
+log = logging.getLogger("worldstream.session")
 JPEG_QUALITY = 90
+
+
+@dataclass
+class FrameOut:
+    """One frame as sent: its meta (the ``frame`` message) and the JPEG that follows it."""
+
+    meta: dict[str, Any]
+    jpeg: bytes
+
+
+@dataclass
+class Tick:
+    """What one tick produced: control messages (JSON text, each to be delivered) and at most
+    one frame (which a slow client may miss: the newest frame wins)."""
+
+    messages: list[str] = field(default_factory=list)
+    frame: FrameOut | None = None
 
 
 def jpeg_bytes(rgb: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
@@ -62,12 +82,13 @@ class PlaySession:
         self._commands: collections.deque[Reset | Record] = collections.deque(maxlen=64)
         self._echoed_seq = 0  # seq 0: no input yet
         self.seed = 0
-        self.history: list[dict[str, Any]] = []  # events since the last reset (for replayable recordings)
+        self.history = EventLog()  # events since the last reset (the replay prefix of a recording)
         self.recorder: Recorder | None = None
         self.recording_id: str | None = None
         self._stage_ms: collections.deque[dict[str, float]] = collections.deque(maxlen=30)
         self._sent: collections.deque[float] = collections.deque(maxlen=64)  # frame times
         self.frames = 0
+        self._record_ms = 0.0
 
     # ------------------------------------------------------------------ event-loop side
     def set_input(self, msg: Input) -> None:
@@ -79,32 +100,33 @@ class PlaySession:
             self._commands.append(msg)
 
     # ------------------------------------------------------------------ worker side
-    def tick(self, step: bool) -> list[Outgoing]:
+    def tick(self, step: bool) -> Tick:
         """Apply pending commands, then (if ``step`` or after a reset) make one frame."""
         with self._lock:
             commands = list(self._commands)
             self._commands.clear()
             inp = self._input
-        out: list[Outgoing] = []
+        out = Tick()
         frame: Frame | None = None
         event: dict[str, Any] | None = None
         for cmd in commands:
             if isinstance(cmd, Reset):
                 frame, event = self._reset(cmd.seed)
             else:
-                out += self._record(cmd.on)
+                out.messages += self._record(cmd.on)
         if frame is None and step and self.engine.frame_index >= 0:
             action = to_action(inp.keys, inp.gamepad)
             frame, event = self.engine.step(action), event_step(action)
-            self.history.append(event)
+            self.history.add(event)
         if frame is not None and event is not None:
-            out += self._emit(frame, event, inp)
+            out.messages += self._keep(frame, event)
+            out.frame = self._emit(frame, inp)
         return out
 
-    def start(self, seed: int | None = None) -> list[Outgoing]:
+    def start(self, seed: int | None = None) -> Tick:
         """First frame of the session (x_0)."""
         frame, event = self._reset(seed)
-        return self._emit(frame, event, self._input)
+        return Tick(self._keep(frame, event), self._emit(frame, self._input))
 
     def close(self) -> dict[str, Any] | None:
         """Finalise a recording in progress (disconnect); returns its meta."""
@@ -112,6 +134,7 @@ class PlaySession:
             return None
         meta = self.recorder.close()
         self.recorder = None
+        self.recording_id = None
         return meta
 
     def stats(self, **extra: Any) -> dict[str, Any]:
@@ -131,38 +154,62 @@ class PlaySession:
         self.seed = seed if seed is not None else secrets.randbelow(MAX_SEED + 1)
         frame = self.info.starter.reset(self.engine, self.seed, self.info.start)
         event = event_reset(self.seed, self.info.start)
-        self.history = [event]
+        self.history.reset(event)
         return frame, event
 
-    def _record(self, on: bool) -> list[Outgoing]:
+    def _record(self, on: bool) -> list[str]:
         if on and self.recorder is None:
-            self.recording_id = secrets.token_hex(16)
+            rid = secrets.token_hex(16)
             meta = {"engine": self.info.engine, "model": self.info.model, "session": self.id,
                     "seed": self.seed, "source": "play"}
-            # Events before now are the replay prefix; the next frame is the first recorded one.
-            self.recorder = Recorder(self.info.recordings / self.recording_id, meta, self.info.fps,
-                                     history=self.history)
-            return [json.dumps({"type": "recording", "state": "started", "id": self.recording_id})]
+            frame = self.engine.config.frame
+            try:
+                # Events before now are the replay prefix; the next frame is the first recorded one.
+                self.recorder = Recorder(self.info.recordings / rid, meta, self.info.fps,
+                                         frame_size=(frame.height, frame.width), history=self.history)
+            except Exception as e:  # disk full, folder gone: no recording, the session goes on
+                log.warning("session %s: cannot start recording %s", self.id, rid, exc_info=True)
+                return [json.dumps({"type": "recording", "state": "failed", "id": rid,
+                                    "message": f"cannot record: {describe_error(e)}"})]
+            self.recording_id = rid
+            return [json.dumps({"type": "recording", "state": "started", "id": rid})]
         if not on and self.recorder is not None:
-            meta = self.close()
-            assert meta is not None and self.recording_id is not None
-            rid, self.recording_id = self.recording_id, None
-            return [json.dumps({"type": "recording", "state": "stopped", "id": rid,
-                                "url": f"recordings/{rid}.mp4", "frames": meta["frames"],
-                                "seconds": round(meta["seconds"], 2)})]
+            return [self._stopped()]
         state = "started" if on else "stopped"
         return [json.dumps({"type": "error", "message": f"recording already {state}"})]
 
-    def _emit(self, frame: Frame, event: dict[str, Any], inp: Input) -> list[Outgoing]:
+    def _stopped(self) -> str:
+        """Close the recording; its ``stopped`` (or ``failed``) message. Zero frames is a valid,
+        complete, empty recording."""
+        rid = self.recording_id
+        meta = self.close()
+        assert meta is not None and rid is not None
+        msg = {"type": "recording", "state": "stopped" if meta["complete"] else "failed", "id": rid,
+               "url": f"recordings/{rid}.mp4", "frames": meta["frames"], "seconds": round(meta["seconds"], 2)}
+        if not meta["complete"]:
+            msg["message"] = f"recording stopped: {meta.get('error')}; {meta['frames']} frames kept"
+        return json.dumps(msg)
+
+    def _keep(self, frame: Frame, event: dict[str, Any]) -> list[str]:
+        """Record the frame if recording; a write error ends the recording, not the session."""
+        if self.recorder is None:
+            return []
+        t0 = time.perf_counter()
+        try:
+            self.recorder.add(event, frame.index, frame.rgb)
+        except Exception as e:
+            log.warning("session %s: recording %s failed", self.id, self.recording_id, exc_info=True)
+            self.recorder.fail(e)
+            return [self._stopped()]
+        self._record_ms = (time.perf_counter() - t0) * 1e3
+        return []
+
+    def _emit(self, frame: Frame, inp: Input) -> FrameOut:
         t0 = time.perf_counter()
         jpeg = jpeg_bytes(frame.rgb, self.info.jpeg_quality)
-        t1 = time.perf_counter()
+        ms = {**frame.timings_ms, "jpeg": (time.perf_counter() - t0) * 1e3}
         if self.recorder is not None:
-            self.recorder.add(event, frame.index, frame.rgb)
-        t2 = time.perf_counter()
-        ms = {**frame.timings_ms, "jpeg": (t1 - t0) * 1e3}
-        if self.recorder is not None:
-            ms["record"] = (t2 - t1) * 1e3
+            ms["record"] = self._record_ms
         self._stage_ms.append(ms)
         self._sent.append(time.monotonic())
         self.frames += 1
@@ -172,4 +219,4 @@ class PlaySession:
         meta = {"type": "frame", "index": frame.index, "seq": inp.seq if fresh else None,
                 "ts": inp.ts if fresh else None, "action": list(frame.action.names) if frame.action else [],
                 "ms": {k: round(v, 2) for k, v in ms.items()}}
-        return [json.dumps(meta), jpeg]
+        return FrameOut(meta, jpeg)

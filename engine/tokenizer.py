@@ -157,7 +157,18 @@ def save_tokenizer(folder: str | Path, tokenizer: Tokenizer, meta: dict[str, Any
 
 
 def has_tokenizer(folder: str | Path) -> bool:
-    return (Path(folder) / CONFIG).is_file()
+    """True if ``folder`` holds a tokenizer (both files), False if neither file; half a tokenizer
+    is an error (ValueError naming the missing file), never a silent fallback to no tokenizer."""
+    path = Path(folder)
+    present = {name: (path / name).is_file() for name in (CONFIG, WEIGHTS)}
+    if all(present.values()):
+        return True
+    if any(present.values()):
+        missing = next(name for name, ok in present.items() if not ok)
+        found = next(name for name, ok in present.items() if ok)
+        raise ValueError(f"{path / missing}: missing ({found} is there; a tokenizer folder holds "
+                         f"{WEIGHTS} and {CONFIG})")
+    return False
 
 
 def load_tokenizer(folder: str | Path) -> tuple[Tokenizer, dict[str, Any]]:

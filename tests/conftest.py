@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from fastapi.testclient import TestClient
 
+from app.engine_spec import EngineSpec
+from app.server import ServeArgs, create_app
 from engine.action import Action
 from engine.config import PRESETS, EngineConfig
 from engine.engine import Engine
 from engine.model.dit import DiT
 
+TINY = EngineSpec(preset="tiny", dtype="fp32")  # the play server's engine in tests
+MakeClient = Callable[..., TestClient]
 TEST_STD = 0.2  # at 0.02 attention barely moves the output and cache bugs could hide below fp32 noise
 
 
@@ -39,3 +46,21 @@ def action_script(n: int) -> list[Action]:
     cycle = [Action.of("forward"), Action.of("forward", "turn_left"), Action(), Action.of("attack"),
              Action.of("strafe_right", "use"), Action.of("backward", "turn_right")]
     return [cycle[(i // 2) % len(cycle)] for i in range(n)]
+
+
+@pytest.fixture
+def make_client(tmp_path: Path) -> Iterator[MakeClient]:
+    """A factory of test clients for a tiny-preset server; each runs one event loop for its
+    whole life (as uvicorn does), so handlers finish their clean-up after a client leaves."""
+    clients: list[TestClient] = []
+
+    def make(**kw: object) -> TestClient:
+        args = ServeArgs(recordings=str(tmp_path / "rec"), **{"fps": 30.0, **kw})  # type: ignore[arg-type]
+        client = TestClient(create_app(args, TINY, page=False))
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for c in clients:
+        c.__exit__(None, None, None)

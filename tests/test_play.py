@@ -8,7 +8,6 @@ import random
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import av
@@ -20,32 +19,11 @@ from starlette.websockets import WebSocketDisconnect
 
 from app.cli import main
 from app.controls import KEYS, Gamepad, to_action
-from app.engine_spec import EngineSpec
 from app.protocol import MAX_MESSAGE_BYTES, Input, Pause, ProtocolError, Record, Reset, Stats, parse
 from app.recorder import Recorder, read_events
-from app.server import CLOSE_FULL, CLOSE_POLICY, ServeArgs, create_app
+from app.server import CLOSE_FULL, CLOSE_POLICY
 from engine.action import BUTTONS, Action
-
-TINY = EngineSpec(preset="tiny", dtype="fp32")
-MakeClient = Callable[..., TestClient]
-
-
-@pytest.fixture
-def make_client(tmp_path: Path) -> Iterator[MakeClient]:
-    """A factory of test clients for a tiny-preset server; each runs one event loop for its
-    whole life (as uvicorn does), so handlers finish their clean-up after a client leaves."""
-    clients: list[TestClient] = []
-
-    def make(**kw: object) -> TestClient:
-        args = ServeArgs(recordings=str(tmp_path / "rec"), **{"fps": 30.0, **kw})  # type: ignore[arg-type]
-        client = TestClient(create_app(args, TINY, page=False))
-        client.__enter__()
-        clients.append(client)
-        return client
-
-    yield make
-    for c in clients:
-        c.__exit__(None, None, None)
+from tests.conftest import MakeClient
 
 
 def next_frame(ws) -> tuple[dict, bytes, list[dict]]:
@@ -280,7 +258,7 @@ import sys, numpy as np, os
 from app.recorder import Recorder
 from app.recorder import event_step
 from engine.action import Action
-r = Recorder(sys.argv[1], {"engine": {}}, fps=10.0, scale=2)
+r = Recorder(sys.argv[1], {"engine": {}}, fps=10.0, frame_size=(24, 32), scale=2)
 rng = np.random.default_rng(0)
 for i in range(35):
     r.add(event_step(Action()), i, rng.integers(0, 255, (24, 32, 3), dtype=np.uint8))
@@ -298,7 +276,7 @@ def test_recording_survives_a_crash(tmp_path: Path) -> None:
 
 
 def test_recorder_rejects_use_after_close(tmp_path: Path) -> None:
-    r = Recorder(tmp_path / "r", {}, fps=10.0, scale=1)
+    r = Recorder(tmp_path / "r", {}, fps=10.0, frame_size=(12, 16), scale=1)
     r.add({"event": "step", "buttons": []}, 1, np.zeros((12, 16, 3), np.uint8))
     assert r.close()["frames"] == 1 and r.close()["frames"] == 1
     with pytest.raises(RuntimeError):

@@ -70,6 +70,7 @@
       $(".ws-s-frame").textContent = String(msg.frame);
     } else if (msg.type === "recording") {
       if (msg.state === "started") { setRecording(msg.id); } else { setRecording(null); addDownload(msg); }
+      if (msg.state === "failed") state.errors.push(msg.message);
     } else if (msg.type === "paused") {
       state.paused = msg.paused;
       $(".ws-pause").textContent = msg.paused ? "Resume" : "Pause";
@@ -112,17 +113,26 @@
     recStart = performance.now();
   }
 
+  // A stopped recording (or a failed one: its message, and what was kept if anything).
   function addDownload(msg) {
     state.recordings.push(msg);
     $(".ws-downloads").hidden = false;
     const li = document.createElement("li");
-    const a = document.createElement("a");
-    a.href = withToken(msg.url);
-    a.download = "worldstream-" + msg.id.slice(0, 8) + ".mp4";
-    a.textContent = "⬇ " + a.download;
-    const info = document.createElement("span");
-    info.textContent = msg.seconds.toFixed(1) + " s";
-    li.append(a, info);
+    if (msg.url) {
+      const a = document.createElement("a");
+      a.href = withToken(msg.url);
+      a.download = "worldstream-" + msg.id.slice(0, 8) + ".mp4";
+      a.textContent = "⬇ " + a.download;
+      const info = document.createElement("span");
+      info.textContent = msg.seconds.toFixed(1) + " s" + (msg.frames === 0 ? " (empty)" : "");
+      li.append(a, info);
+    }
+    if (msg.message) {
+      const why = document.createElement("span");
+      why.className = "ws-rec-error";
+      why.textContent = msg.message;
+      li.append(why);
+    }
     $(".ws-list").prepend(li);
   }
 
