@@ -249,6 +249,24 @@ def _play_parsers(sub: argparse._SubParsersAction) -> None:
                    help="start scene: a name in assets/scenes/ or 'generated' (default: map01 if it fits the model)")
     r.add_argument("--json", action="store_true", help="print one JSON object")
 
+    k = sub.add_parser("soak", help="attack a play server it starts itself on 127.0.0.1; print what held",
+                       description="Start `worldstream play` on a free loopback port and run a bounded campaign: "
+                       "fuzzed messages, connection churn (clean, FIN, RST, mid-recording), a client that stops "
+                       "reading, an input flood, recording faults, a long recorded run. A well-behaved player's "
+                       "frame rate, the server's RSS and every recording are checked. Exit 1 if anything broke.")
+    k.add_argument("--model", default=None, help="checkpoint folder (default: the bundled model)")
+    k.add_argument("--preset", default=None, choices=sorted(PRESETS), help="random weights of a preset instead")
+    k.add_argument("--fuzz", type=int, default=5000, help="hostile messages (default: 5000)")
+    k.add_argument("--churn", type=int, default=100, help="connections opened and dropped (default: 100)")
+    k.add_argument("--phase-seconds", type=float, default=20.0, help="before/flood/after phases (default: 20)")
+    k.add_argument("--slow-seconds", type=float, default=30.0, help="how long the slow client reads nothing "
+                   "(default: 30; the server's keepalive closes a silent client after about 40 s)")
+    k.add_argument("--memory-seconds", type=float, default=300.0, help="the long recorded run (default: 300)")
+    k.add_argument("--fps", type=float, default=17.5, help="the server's frames per second per session")
+    k.add_argument("--seed", type=int, default=0)
+    k.add_argument("--short", action="store_true", help="the quick configuration `make test` runs")
+    k.add_argument("--json", action="store_true", help="print one JSON object")
+
 
 def _spec(args: argparse.Namespace) -> EngineSpec:
     return EngineSpec(model=default_model(args.model, args.preset), preset=args.preset or "small", steps=args.steps,
@@ -418,8 +436,19 @@ def _record(args: argparse.Namespace) -> int:
     return 0 if args.replay is None or result["exact"] else 1
 
 
-COMMANDS = {"play": _play, "record": _record, "bench": _bench, "collect": _collect, "replay": _replay, "eval": _eval,
-            "make-suite": _make_suite,
+def _soak(args: argparse.Namespace) -> int:
+    from app.soak import SHORT, SoakArgs, format_table, run_soak
+
+    fields = {k: v for k, v in vars(args).items() if k not in ("command", "short")}
+    if args.short:
+        fields.update(SHORT)
+    result = run_soak(SoakArgs(**fields))
+    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    return 0 if result["ok"] else 1
+
+
+COMMANDS = {"play": _play, "soak": _soak, "record": _record, "bench": _bench, "collect": _collect, "replay": _replay,
+            "eval": _eval, "make-suite": _make_suite,
             "train": _train, "showcase": _showcase}
 
 

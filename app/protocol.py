@@ -11,6 +11,12 @@ Client -> server: text frames, one JSON object each, at most ``MAX_MESSAGE_BYTES
 Server -> client: a text ``{"type": "frame", ...}`` (index, echoed input seq/ts, per-stage ms)
 followed by the frame as one binary JPEG message; text ``hello``, ``stats``, ``recording``,
 ``paused``, ``error`` messages. Anything malformed is answered with ``error`` and the session goes on.
+
+Close codes: 1008 wrong or missing token, or an input flood far over the rate limit (``RateLimit``);
+1009 a message over 64 KiB (the websocket layer); 1011 a server error (details only in the server's
+log); 1013 the server is full, try again later; 1011 also when a client answers no keepalive ping
+for about 40 s (one that stopped reading). A client that reads slower than frames are made is not
+closed: it gets the newest frame, the others are dropped.
 """
 
 from __future__ import annotations
@@ -161,14 +167,18 @@ def _numbers(v: Any, limit: int, lo: float, hi: float) -> bool:
 class RateLimit:
     """Token bucket: ``rate`` messages per second, bursts up to ``burst``. ``allow()`` is False
     for a message over the limit; ``should_warn()`` is True at most once a second, so a flood
-    gets a few error messages rather than one per dropped message."""
+    gets a few error messages rather than one per dropped message. ``abusive`` turns True when
+    more than ``max(1000, 20 * rate)`` messages were dropped within one second: no browser sends
+    that, and reading such a flood would cost the other players CPU (the server then closes)."""
 
     def __init__(self, rate: float = 100.0, burst: float = 200.0) -> None:
         self.rate, self.burst = rate, burst
         self.tokens = burst
         self.dropped = 0
+        self.abusive = False
         self._last = time.monotonic()
         self._warned = -math.inf
+        self._window = (self._last, 0)  # (start, drops since)
 
     def allow(self) -> bool:
         now = time.monotonic()
@@ -178,6 +188,9 @@ class RateLimit:
             self.tokens -= 1.0
             return True
         self.dropped += 1
+        start, drops = self._window
+        self._window = (start, drops + 1) if now - start < 1.0 else (now, 1)
+        self.abusive = self.abusive or self._window[1] > max(1000.0, 20 * self.rate)
         return False
 
     def should_warn(self) -> bool:

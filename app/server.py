@@ -45,10 +45,11 @@ from engine.engine import Engine
 
 log = logging.getLogger("worldstream.server")
 T = TypeVar("T")
-CLOSE_POLICY = 1008  # wrong or missing token
+CLOSE_POLICY = 1008  # wrong or missing token; an input flood (app/protocol.py RateLimit)
 CLOSE_FULL = 1013  # "try again later": the server is full
 CLOSE_ERROR = 1011  # the server failed (details in its log, never sent)
 MAX_PENDING = 256  # control messages queued for a client that does not read
+SEND_BUFFER = 64 * 1024  # kernel send buffer per connection (Linux doubles it): ~1 s of 160x120 JPEGs
 RECORDING_NAME = re.compile(r"^([0-9a-f]{32})\.(mp4|actions\.jsonl|meta\.json)$")
 MEDIA = {"mp4": "video/mp4", "actions.jsonl": "application/x-ndjson", "meta.json": "application/json"}
 
@@ -119,6 +120,7 @@ class Hub:
         self._free = list(range(args.max_sessions))
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
         self.queue_depth = 0  # engine calls waiting or running
+        self.frames_dropped = 0  # frames not sent because their client was behind (all sessions, ever)
         self.cpu = CpuMeter()
         starter = SceneStarter()
         self.decoder = base.decoder.name
@@ -162,7 +164,8 @@ class Hub:
     def health(self) -> dict[str, Any]:
         return {"ok": True, "model": self.spec.name, "decoder": self.decoder, "sessions": self.sessions,
                 "max_sessions": self.args.max_sessions, "target_fps": self.args.fps,
-                "server_cpu_cores": round(self.cpu.read(), 3), "queue_depth": self.queue_depth}
+                "server_cpu_cores": round(self.cpu.read(), 3), "queue_depth": self.queue_depth,
+                "frames_dropped": self.frames_dropped}
 
 
 class Connection:
@@ -193,6 +196,7 @@ class Connection:
             old, self.latest = self.latest, tick.frame
             if old is not None:  # never sent: the client is behind
                 self.frames_dropped += 1
+                self.hub.frames_dropped += 1
                 if old.meta["seq"] is not None and tick.frame.meta["seq"] is None:  # keep the input's echo
                     tick.frame.meta.update(seq=old.meta["seq"], ts=old.meta["ts"])
         self.ready.set()
@@ -233,6 +237,11 @@ class Connection:
             if msg["type"] == "websocket.disconnect":
                 return
             if not self.limit.allow():
+                if self.limit.abusive:
+                    log.warning("session %s: closed for an input flood (%d messages dropped)", self.session.id,
+                                self.limit.dropped)
+                    await self.ws.close(CLOSE_POLICY, "input flood")
+                    return
                 if self.limit.should_warn():
                     self.error(f"too many messages: limit {self.limit.rate:.0f}/s; {self.limit.dropped} dropped so far")
                 continue
@@ -348,6 +357,9 @@ def bind(host: str, port: int) -> socket.socket:
     family, kind, proto, _, address = infos[0]
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Accepted sockets inherit this: a client that stops reading backs up into at most ~SEND_BUFFER
+    # of kernel buffer (not the several MB TCP autotuning allows), then the newest-frame mailbox drops.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
     try:
         sock.bind(address)
     except OSError as e:
