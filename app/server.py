@@ -319,6 +319,9 @@ def create_app(args: ServeArgs, spec: EngineSpec, page: bool = True) -> FastAPI:
             failed = tasks[1].exception() if tasks[1].done() and not tasks[1].cancelled() else None
             if failed is not None:  # the engine failed: say so without details (they are in the log)
                 log.error("session %s: frame loop failed", session.id, exc_info=failed)
+                tasks[0].cancel()  # the sender first: the error must not land between a frame's meta and JPEG
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await tasks[0]
                 with contextlib.suppress(Exception):
                     await ws.send_text(json.dumps({"type": "error", "code": "server_error",
                                                    "message": f"server error ({type(failed).__name__}); "
