@@ -234,8 +234,9 @@ class BlockedSocket:
 
 
 def test_a_client_that_does_not_read_gets_the_newest_frame_not_a_queue(tmp_path: Path) -> None:
-    class Hub:  # what Connection reads of the hub
+    class Hub:  # what Connection uses of the hub
         args = ServeArgs(recordings=str(tmp_path))
+        frames_dropped = 0
 
     async def scenario() -> tuple[Connection, BlockedSocket]:
         ws = BlockedSocket()
@@ -252,6 +253,7 @@ def test_a_client_that_does_not_read_gets_the_newest_frame_not_a_queue(tmp_path:
         return conn, ws
 
     conn, ws = asyncio.run(scenario())
+    assert conn.hub.frames_dropped == conn.frames_dropped
     frames = [json.loads(m) for m in ws.sent if isinstance(m, str) and '"frame"' in m]
     assert frames[-1]["index"] == 499  # the newest frame wins
     assert frames[-1]["seq"] == 9 and frames[-1]["ts"] == 1.5  # a dropped frame's input echo is kept
