@@ -11,7 +11,6 @@ number of forwards, not on the weights, so ``euler:16`` is the teacher's cost).
 from __future__ import annotations
 
 import dataclasses
-import platform
 import resource
 import statistics
 import sys
@@ -27,6 +26,7 @@ from app.session import jpeg_bytes
 from engine.action import BUTTONS, Action
 from engine.config import ConfigError, EngineConfig, SamplerConfig, get_preset
 from engine.engine import Engine
+from engine.precision import hardware, resolve_dtype
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -40,7 +40,7 @@ class BenchArgs:
     steps: int | None = None  # override the sampler's steps
     sampler: str | None = None  # override the sampler's kind
     device: str = "cpu"
-    dtype: str = "fp32"
+    dtype: str = "auto"  # auto: bf16 where the hardware has native bf16 matrix math, else fp32
     attention: str = "auto"
     compile: bool = False
     recompute: bool = True  # also measure the no-cache baseline (for cache_speedup)
@@ -122,10 +122,13 @@ def _p95(values: list[float]) -> float:
 def run_bench(args: BenchArgs) -> dict[str, Any]:
     if args.frames < 1:
         raise ValueError("--frames must be >= 1")
-    if args.dtype not in DTYPES:
-        raise ValueError(f"--dtype must be one of {sorted(DTYPES)}")
+    if args.dtype != "auto" and args.dtype not in DTYPES:
+        raise ValueError(f"--dtype must be auto or one of {sorted(DTYPES)}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available on this machine")
+    requested = args.dtype
+    args = dataclasses.replace(args, dtype=resolve_dtype(args.dtype, args.device) if args.dtype == "auto"
+                               else args.dtype)
     args = dataclasses.replace(args, model=default_model(args.model, args.preset))
     config, name = _config(args)
     sweep = parse_sweep(args.sweep, config.sampler)
@@ -142,12 +145,16 @@ def run_bench(args: BenchArgs) -> dict[str, Any]:
     engine = build(config.sampler)
     cached = _run(engine, warmup, args.frames, args.seed, "cached")
     on_cuda = args.device.startswith("cuda")
+    hw = hardware(args.device)
     result: dict[str, Any] = {
         "preset": name,
         "device": args.device,
-        "device_name": torch.cuda.get_device_name() if on_cuda else platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
+        "device_name": hw.get("gpu", hw["cpu"]),
+        "threads": hw["threads"],
+        "cpu_capability": hw["cpu_capability"],
+        "bf16_native": hw["bf16_native"],
         "dtype": args.dtype,
+        "dtype_requested": requested,
         "attention": engine.runner.attention,
         "compile": args.compile,
         "sampler": config.sampler.kind,
@@ -187,8 +194,10 @@ def run_bench(args: BenchArgs) -> dict[str, Any]:
 def format_table(r: dict[str, Any]) -> str:
     ms = r["ms_per_frame"]
     lines = [
-        f"worldstream bench: {r['preset']} on {r['device']} ({r['device_name']}, {r['threads']} threads), "
-        f"{r['dtype']}, attention={r['attention']}, compile={r['compile']}",
+        f"worldstream bench: {r['preset']} on {r['device']} ({r['device_name']}, {r['threads']} threads, "
+        f"torch CPU capability {r['cpu_capability']}, native bf16: {'yes' if r['bf16_native'] else 'no'}), "
+        f"{r['dtype']}" + (" (auto)" if r["dtype_requested"] == "auto" else "")
+        + f", attention={r['attention']}, compile={r['compile']}",
         f"  {r['resolution']}, {r['tokens_per_frame']} tokens/frame, window {r['window_frames']} + "
         f"{r['sink_frames']} sink, {r['sampler']} x {r['steps']} step(s), {r['params'] / 1e6:.1f}M params",
         f"  FPS end to end (model + decode + JPEG): {r['fps']:.1f}    model-only FPS: {r['model_fps']:.1f}",

@@ -31,7 +31,8 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=None, help="sampling steps per frame (default: the config's)")
     p.add_argument("--sampler", choices=["euler", "consistency"], default=None)
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
-    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
+    p.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="auto (default): bf16 where the hardware has native bf16 matrix math, else fp32")
     p.add_argument("--attention", choices=["auto", "sdpa", "flex", "xformers", "reference"], default="auto")
     p.add_argument("--compile", action="store_true", help="torch.compile the model step")
     p.add_argument("--no-recompute", dest="recompute", action="store_false",
@@ -86,7 +87,8 @@ def _world_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     p.add_argument("--sampler", choices=["euler", "consistency"], default=None, help="default: the model's")
-    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="model weights (default: fp32)")
+    p.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="auto (default): bf16 where the hardware has native bf16 matrix math, else fp32")
     p.add_argument("--mode", choices=["open-loop", "next-frame"], default="open-loop",
                    help="open-loop rollouts (default) or teacher-forced next-frame prediction")
     p.add_argument("--starts", type=int, default=24, help="next-frame: start points per episode")
@@ -201,17 +203,20 @@ def _showcase_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--horizons", type=_floats, default=(0.5, 1.0, 2.0, 5.0, 10.0), help="seconds")
     p.add_argument("--video-seconds", type=float, default=20.0)
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
-    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="auto (default): bf16 where the hardware has native bf16 matrix math, else fp32")
     p.add_argument("--seed", type=int, default=0)
 
 
-def _engine_args(p: argparse.ArgumentParser, dtype: str = "bf16") -> None:
+def _engine_args(p: argparse.ArgumentParser, dtype: str = "auto") -> None:
     which = p.add_mutually_exclusive_group()
     which.add_argument("--model", default=None, metavar="PATH",
                        help="checkpoint folder (default: the bundled assets/models/doom-small)")
     which.add_argument("--preset", default=None, choices=sorted(PRESETS), help="random weights of this shape")
     p.add_argument("--steps", type=int, default=None, help="sampling steps per frame (default: the model's)")
-    p.add_argument("--dtype", choices=["fp32", "bf16"], default=dtype, help=f"(default: {dtype})")
+    p.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default=dtype,
+                   help="model, cache and decoder (default: auto = bf16 where the hardware has native bf16 "
+                   "matrix math, else fp32)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model step (faster after warm-up)")
 

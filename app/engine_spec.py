@@ -15,8 +15,8 @@ import torch
 
 from engine.config import PRESETS, EngineConfig, SamplerConfig, get_preset
 from engine.engine import Engine
+from engine.precision import CHOICES, DTYPES, resolve_dtype
 
-DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # The model `make play` serves: resolved against the source tree (make installs it editable).
 BUNDLED_MODEL = Path(__file__).resolve().parents[1] / "assets" / "models" / "doom-small"
 
@@ -36,7 +36,7 @@ class EngineSpec:
     preset: str = "small"
     steps: int | None = None  # override the checkpoint's sampler steps
     sampler: str | None = None  # override the sampler kind
-    dtype: str = "bf16"
+    dtype: str = "auto"  # "auto" is resolved at construction (engine/precision.py): describe() is concrete
     device: str = "cpu"
     weight_seed: int = 0  # random weights of a preset
     compile: bool = False  # torch.compile the model step (first frames compile: seconds)
@@ -46,12 +46,13 @@ class EngineSpec:
             raise ValueError(f"unknown preset {self.preset!r}; presets are {sorted(PRESETS)}")
         if self.model is not None and not Path(self.model).is_dir():
             raise ValueError(f"model folder {self.model} does not exist")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.dtype not in CHOICES:
+            raise ValueError(f"dtype must be one of {list(CHOICES)}, got {self.dtype!r}")
         if self.steps is not None and not 1 <= self.steps <= 1000:
             raise ValueError("steps must be in 1..1000")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError("device cuda: no CUDA device is available on this machine")
+        object.__setattr__(self, "dtype", resolve_dtype(self.dtype, self.device))
 
     def config(self) -> EngineConfig:
         if self.model is not None:

@@ -58,7 +58,7 @@ class EvalArgs:
     device: str = "cpu"
     steps: int | None = None  # override the model's sampling steps
     sampler: str | None = None  # override the model's sampler kind (euler | consistency)
-    dtype: str = "fp32"  # model weights: fp32 | bf16
+    dtype: str = "auto"  # model and decoder: auto (bf16 where native, else fp32) | fp32 | bf16
     mode: str = "open-loop"  # | "next-frame" (teacher forced, see module doc)
     starts: int = 24  # next-frame: start points per episode
 
@@ -80,8 +80,8 @@ class EvalArgs:
             raise ValueError("--steps/--sampler apply to --model or --preset, not to a baseline")
         if self.steps is not None and not 1 <= self.steps <= 1000:
             raise ValueError("--steps must be in 1..1000")
-        if self.dtype not in ("fp32", "bf16"):
-            raise ValueError("--dtype must be fp32 or bf16")
+        if self.dtype not in ("auto", "fp32", "bf16"):
+            raise ValueError("--dtype must be auto, fp32 or bf16")
 
 
 def make_predictor(args: EvalArgs) -> Predictor:
@@ -93,7 +93,7 @@ def make_predictor(args: EvalArgs) -> Predictor:
                       dtype=args.dtype, device=args.device)
     sampler = spec.config().sampler
     # The name carries the sampler: a resumed run never mixes rows of different settings.
-    tag = f"{sampler.kind}x{sampler.steps}" + ("-bf16" if args.dtype == "bf16" else "")
+    tag = f"{sampler.kind}x{sampler.steps}" + ("-bf16" if spec.dtype == "bf16" else "")
     what = f"model:{args.model}" if args.model is not None else f"preset:{args.preset}"
     return EnginePredictor(spec.build(), f"{what}:{tag}")
 

@@ -42,6 +42,7 @@ from app.session import FrameOut, PlaySession, SessionInfo, Tick
 from engine.action import NOOP
 from engine.decoder import StandInDecoder
 from engine.engine import Engine
+from engine.precision import hardware
 
 log = logging.getLogger("worldstream.server")
 T = TypeVar("T")
@@ -162,7 +163,8 @@ class Hub:
             self.queue_depth -= 1
 
     def health(self) -> dict[str, Any]:
-        return {"ok": True, "model": self.spec.name, "decoder": self.decoder, "sessions": self.sessions,
+        return {"ok": True, "model": self.spec.name, "decoder": self.decoder, "dtype": self.spec.dtype,
+                **hardware(self.spec.device), "sessions": self.sessions,
                 "max_sessions": self.args.max_sessions, "target_fps": self.args.fps,
                 "server_cpu_cores": round(self.cpu.read(), 3), "queue_depth": self.queue_depth,
                 "frames_dropped": self.frames_dropped}
@@ -311,8 +313,11 @@ def create_app(args: ServeArgs, spec: EngineSpec, page: bool = True) -> FastAPI:
             return
         conn = Connection(ws, hub, session)
         w, h = hub.frame_size
+        hw = hardware(hub.spec.device)
         conn.post(Tick([json.dumps({"type": "hello", "session": session.id, "model": spec.name, "fps": args.fps,
-                                    "width": w, "height": h, "steps": hub.info.engine["steps"]})]))
+                                    "width": w, "height": h, "steps": hub.info.engine["steps"],
+                                    "dtype": hub.spec.dtype, "cpu_capability": hw["cpu_capability"],
+                                    "threads": hw["threads"]})]))
         tasks = [asyncio.create_task(t) for t in (conn.sender(), conn.frames(), conn.receive())]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)

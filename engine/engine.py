@@ -108,7 +108,8 @@ class Engine:
         if "decoder" not in kwargs and has_tokenizer(path):
             tokenizer, _ = load_tokenizer(path)
             kwargs["decoder"] = TokenizerDecoder(tokenizer, name=f"tokenizer ({Path(path).name})",
-                                                 device=kwargs.get("device", "cpu"))
+                                                 device=kwargs.get("device", "cpu"),
+                                                 dtype=kwargs.get("dtype", torch.float32))  # one dtype
         return cls.build(config, model, **kwargs)
 
     # ------------------------------------------------------------------ the loop

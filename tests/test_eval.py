@@ -178,7 +178,10 @@ def test_eval_runs_a_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert main(args) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["ok"] == 1 and summary["mean"]["all"]["psnr@1s"] is not None
-    assert summary["predictor"] == f"model:{ckpt}:consistencyx1"
+    from engine.precision import resolve_dtype
+
+    bf16 = "-bf16" if resolve_dtype("auto") == "bf16" else ""  # --dtype auto: this machine's choice
+    assert summary["predictor"] == f"model:{ckpt}:consistencyx1{bf16}"
 
 
 def test_eval_argument_errors(tmp_path: Path) -> None:

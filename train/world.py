@@ -334,7 +334,7 @@ def load_latent_data(data: str, tok_dir: Path, held_out: int, device: torch.devi
     """(train episodes, held-out episodes, metadata) of ``data`` as latents of the tokenizer in
     ``tok_dir`` (encoded once, then read from the cache next to the shards)."""
     tokenizer, tok_meta = load_tokenizer(tok_dir)
-    encoder = TokenizerDecoder(tokenizer, device=device)
+    encoder = TokenizerDecoder(tokenizer, device=device, dtype=torch.bfloat16)  # as every cached latent was made
     train_rows, eval_rows = split(episodes(data), held_out)
     sha = file_sha(tok_dir / TOK_WEIGHTS)
     train_eps = encode_episodes(data, train_rows, encoder.encode, sha, progress=progress)

@@ -55,6 +55,7 @@
   function onText(msg) {
     if (msg.type === "hello") {
       setStatus("live", "live · " + msg.fps + " FPS target · " + msg.steps + " step" + (msg.steps === 1 ? "" : "s"));
+      $(".ws-s-compute").textContent = msg.dtype + " · " + msg.cpu_capability + " · " + msg.threads + " thr";
       if (held.size || pad) sendInput();
     } else if (msg.type === "frame") {
       pendingMeta = msg;

@@ -1,0 +1,80 @@
+"""--dtype auto: bf16 only where the hardware multiplies bf16 natively; the decoder follows the engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import engine.precision as precision
+from app.engine_spec import EngineSpec
+from engine.precision import native_bf16, resolve_dtype
+
+AVX512_BF16 = frozenset({"avx2", "avx512f", "avx512_bf16"})
+AVX512_ONLY = frozenset({"avx2", "avx512f", "avx512bw"})
+AVX2_ONLY = frozenset({"avx2", "fma"})
+
+
+@pytest.mark.parametrize(("capability", "flags", "native"), [
+    ("AVX512", AVX512_BF16, True),
+    ("AVX512", frozenset({"avx512f", "amx_bf16"}), True),
+    ("AVX512", AVX512_ONLY, False),  # AVX-512 without BF16: emulated
+    ("AVX2", AVX512_BF16, False),  # ATEN_CPU_CAPABILITY=avx2 on a bf16 machine: behave as AVX2
+    ("AVX2", AVX2_ONLY, False),
+    ("DEFAULT", frozenset(), False),
+])
+def test_native_bf16_needs_avx512_kernels_and_bf16_flags(capability: str, flags: frozenset[str],
+                                                         native: bool) -> None:
+    assert native_bf16("cpu", capability=capability, flags=flags) is native
+
+
+def _machine(monkeypatch: pytest.MonkeyPatch, capability: str, flags: frozenset[str]) -> None:
+    monkeypatch.setattr(precision, "cpu_capability", lambda: capability)
+    monkeypatch.setattr(precision, "cpu_flags", lambda: flags)
+
+
+def test_auto_picks_fp32_without_native_bf16_and_the_decoder_follows(monkeypatch: pytest.MonkeyPatch,
+                                                                      tmp_path: Path) -> None:
+    from tests.test_play_faults import _checkpoint_with_tokenizer
+
+    folder = _checkpoint_with_tokenizer(tmp_path / "model")
+    _machine(monkeypatch, "AVX2", AVX2_ONLY)
+    assert resolve_dtype("auto") == "fp32"
+    spec = EngineSpec(model=str(folder))
+    assert spec.dtype == "fp32" and spec.describe()["dtype"] == "fp32"  # recordings store the concrete dtype
+    engine = spec.build()
+    assert engine.decoder.dtype == torch.float32  # no hidden bf16
+    assert next(engine.runner.model.parameters()).dtype == torch.float32
+
+    _machine(monkeypatch, "AVX512", AVX512_BF16)
+    spec = EngineSpec(model=str(folder))
+    assert spec.dtype == "bf16"
+    assert spec.build().decoder.dtype == torch.bfloat16
+    assert EngineSpec(model=str(folder), dtype="fp32").build().decoder.dtype == torch.float32  # explicit wins
+
+
+def test_bad_dtype_is_one_clear_error() -> None:
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        resolve_dtype("fp8")
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        EngineSpec(preset="tiny", dtype="half")
+
+
+def test_bench_and_health_report_the_choice(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from app.bench import BenchArgs, format_table, run_bench
+    from app.server import ServeArgs, create_app
+
+    _machine(monkeypatch, "AVX2", AVX2_ONLY)
+    r = run_bench(BenchArgs(preset="tiny", frames=3, warmup=1, recompute=False))
+    assert r["dtype"] == "fp32" and r["dtype_requested"] == "auto" and r["cpu_capability"] == "AVX2"
+    assert r["threads"] == torch.get_num_threads() and r["bf16_native"] is False
+    assert "capability AVX2" in format_table(r) and "fp32 (auto)" in format_table(r)
+    with TestClient(create_app(ServeArgs(recordings=str(tmp_path)), EngineSpec(preset="tiny"), page=False)) as c:
+        h = c.get("/healthz").json()
+        assert h["dtype"] == "fp32" and h["cpu_capability"] == "AVX2" and h["threads"] >= 1
+        with c.websocket_connect("/ws") as ws:
+            hello = ws.receive_json()
+            assert hello["type"] == "hello" and hello["dtype"] == "fp32" and hello["cpu_capability"] == "AVX2"
