@@ -3,7 +3,8 @@
 Client -> server: text frames, one JSON object each, at most ``MAX_MESSAGE_BYTES``::
 
     {"type": "input", "seq": 17, "ts": 1234.5, "keys": ["KeyW"], "gamepad": {"axes": [...], "buttons": [...]}}
-    {"type": "reset", "seed": 3}            seed optional (default: a fresh random seed)
+    {"type": "reset", "seed": 3, "start": "map05"}   both optional (default: a fresh random seed, the
+                                            session's current start scene; "generated": no scene)
     {"type": "pause", "paused": true}
     {"type": "record", "on": true}          start (true) / stop (false) recording
     {"type": "stats"}                        ask for the server-side stats now
@@ -52,6 +53,7 @@ class Input:
 @dataclass(frozen=True)
 class Reset:
     seed: int | None
+    start: str | None = None  # a start scene name (the server checks it is one it offers)
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,7 @@ Message = Input | Reset | Pause | Record | Stats
 # type -> (required fields, optional fields)
 FIELDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "input": (frozenset({"seq", "ts", "keys"}), frozenset({"gamepad"})),
-    "reset": (frozenset(), frozenset({"seed"})),
+    "reset": (frozenset(), frozenset({"seed", "start"})),
     "pause": (frozenset({"paused"}), frozenset()),
     "record": (frozenset({"on"}), frozenset()),
     "stats": (frozenset(), frozenset()),
@@ -106,7 +108,10 @@ def parse(text: str | bytes | None) -> Message:
         return Input(seq=_int(obj, "seq", 0, 2**53), ts=_number(obj, "ts"), keys=_keys(obj["keys"]),
                      gamepad=_gamepad(obj["gamepad"]) if obj.get("gamepad") is not None else None)
     if kind == "reset":
-        return Reset(seed=_int(obj, "seed", 0, MAX_SEED) if obj.get("seed") is not None else None)
+        start = obj.get("start")
+        if start is not None and (not isinstance(start, str) or not 0 < len(start) <= 64):
+            raise ProtocolError("reset.start must be a scene name (a string of 1..64 characters)")
+        return Reset(seed=_int(obj, "seed", 0, MAX_SEED) if obj.get("seed") is not None else None, start=start)
     if kind == "pause":
         return Pause(paused=_bool(obj, "paused"))
     if kind == "record":

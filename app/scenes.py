@@ -121,6 +121,25 @@ class SceneStarter:
         return engine.reset(seed, context=latents, context_actions=list(actions))
 
 
+def available_starts(engine: Engine, starter: SceneStarter) -> tuple[str, ...]:
+    """The scenes a player may pick for this model: shipped scenes of its frame size, then
+    ``GENERATED``. A scene that does not load is left out (``check``/``resolve_start`` name it)."""
+    f = engine.config.frame
+    names: list[str] = []
+    try:
+        shipped = [n for n in scene_names(starter.folder) if n != GENERATED]
+    except ValueError:
+        shipped = []
+    for name in shipped:
+        try:
+            scene = load_scene(name, starter.folder)
+        except ValueError:
+            continue
+        if scene.frames.shape[1:3] == (f.height, f.width):
+            names.append(name)
+    return (*names, GENERATED)
+
+
 def resolve_start(requested: str | None, engine: Engine, starter: SceneStarter) -> str:
     """The scene a front end starts rollouts from. ``None`` (not asked for): ``DEFAULT_SCENE``
     when it fits the model's frame size, else ``GENERATED`` (e.g. the tiny test presets). A

@@ -37,7 +37,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from app.engine_spec import EngineSpec
 from app.protocol import Input, Pause, ProtocolError, RateLimit, Record, Reset, Stats, parse
 from app.recorder import check_writable_dir
-from app.scenes import SceneStarter, resolve_start
+from app.scenes import SceneStarter, available_starts, resolve_start
 from app.session import FrameOut, PlaySession, SessionInfo, Tick
 from engine.action import NOOP
 from engine.decoder import StandInDecoder
@@ -129,7 +129,8 @@ class Hub:
             log.warning("%s has no tokenizer: frames are decoded by the untrained stand-in", spec.model)
         self.info = SessionInfo(model=spec.name, fps=args.fps, engine=spec.describe(),
                                 recordings=recordings, starter=starter,
-                                start=resolve_start(args.start, base, starter))
+                                start=resolve_start(args.start, base, starter),
+                                starts=available_starts(base, starter))
         frame = base.config.frame
         self.frame_size = (frame.width, frame.height)
 
@@ -317,7 +318,8 @@ def create_app(args: ServeArgs, spec: EngineSpec, page: bool = True) -> FastAPI:
         conn.post(Tick([json.dumps({"type": "hello", "session": session.id, "model": spec.name, "fps": args.fps,
                                     "width": w, "height": h, "steps": hub.info.engine["steps"],
                                     "dtype": hub.spec.dtype, "cpu_capability": hw["cpu_capability"],
-                                    "threads": hw["threads"]})]))
+                                    "threads": hw["threads"], "start": session.start_scene,
+                                    "starts": list(hub.info.starts)})]))
         tasks = [asyncio.create_task(t) for t in (conn.sender(), conn.frames(), conn.receive())]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)

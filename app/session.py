@@ -68,7 +68,8 @@ class SessionInfo:
     engine: dict[str, Any]  # EngineSpec.describe(), stored with recordings
     recordings: Path  # where recordings are written
     jpeg_quality: int = JPEG_QUALITY
-    start: str = GENERATED  # the start scene of every rollout (app/scenes.py)
+    start: str = GENERATED  # the start scene of a session's first rollout (app/scenes.py)
+    starts: tuple[str, ...] = (GENERATED,)  # the scenes a player may pick (reset.start)
     starter: SceneStarter = field(default_factory=SceneStarter)  # shared: scenes encoded once
 
 
@@ -82,6 +83,7 @@ class PlaySession:
         self._commands: collections.deque[Reset | Record] = collections.deque(maxlen=64)
         self._echoed_seq = 0  # seq 0: no input yet
         self.seed = 0
+        self.start_scene = info.start  # changed by a reset that names another scene
         self.history = EventLog()  # events since the last reset (the replay prefix of a recording)
         self.recorder: Recorder | None = None
         self.recording_id: str | None = None
@@ -111,6 +113,11 @@ class PlaySession:
         event: dict[str, Any] | None = None
         for cmd in commands:
             if isinstance(cmd, Reset):
+                if cmd.start is not None and cmd.start not in self.info.starts:
+                    out.messages.append(json.dumps({"type": "error", "message": f"unknown start scene "
+                                                    f"{cmd.start[:64]!r}; choose one of {list(self.info.starts)}"}))
+                    continue
+                self.start_scene = cmd.start or self.start_scene
                 frame, event = self._reset(cmd.seed)
             else:
                 out.messages += self._record(cmd.on)
@@ -152,8 +159,8 @@ class PlaySession:
     # ------------------------------------------------------------------ internals
     def _reset(self, seed: int | None) -> tuple[Frame, dict[str, Any]]:
         self.seed = seed if seed is not None else secrets.randbelow(MAX_SEED + 1)
-        frame = self.info.starter.reset(self.engine, self.seed, self.info.start)
-        event = event_reset(self.seed, self.info.start)
+        frame = self.info.starter.reset(self.engine, self.seed, self.start_scene)
+        event = event_reset(self.seed, self.start_scene)
         self.history.reset(event)
         return frame, event
 

@@ -74,6 +74,8 @@ def test_play_in_the_browser(server: tuple[str, Path], browser: Any) -> None:
     assert page.locator(".ws-status").get_attribute("data-state") == "live"
     assert page.locator(".ws-pad").get_attribute("data-on") == "true"  # the gamepad indicator
     assert page.locator(".ws-keys tr").count() == 8  # the key map is shown
+    assert page.locator(".ws-scene option").all_inner_texts() == ["generated"]  # tiny frames: no map fits
+    assert "fp32" in page.locator(".ws-s-compute").inner_text()  # dtype · CPU capability · threads
     # keyboard: keys act once the view has focus
     page.click(".ws-stage")
     page.keyboard.down("ArrowLeft")

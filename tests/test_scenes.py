@@ -68,3 +68,43 @@ def test_record_from_a_scene_replays_exactly(tmp_path: Path, capsys: pytest.Capt
     result = json.loads(capsys.readouterr().out)
     assert result["exact"] and result["identical"] == result["frames"]
     assert main(["record", "--preset", "small", "--start", "nope", "--out", str(out)]) == 2
+
+
+def test_page_level_selector_restarts_at_the_chosen_scene(tmp_path: Path) -> None:
+    """hello lists the scenes that fit the model; a reset naming one restarts there (its last
+    context frame is the first one shown) and recordings replay it; a name the server does not
+    offer is an error reply and the session goes on."""
+    from fastapi.testclient import TestClient
+
+    from app.engine_spec import EngineSpec
+    from app.protocol import Record, Reset
+    from app.server import ServeArgs, create_app
+
+    spec = EngineSpec(preset="small", dtype="fp32")  # 160x120 frames, like the shipped scenes
+    app = create_app(ServeArgs(recordings=str(tmp_path), max_sessions=1), spec, page=False)
+    with TestClient(app) as client, client.websocket_connect("/ws") as ws:
+        hello = ws.receive_json()
+    assert hello["start"] == "map01" and hello["starts"][-1] == "generated" and "map05" in hello["starts"]
+
+    session = app.state.hub.open()
+    session.start(seed=0)
+
+    def reset(**kw: object) -> tuple[list[str], int | None]:
+        session.command(Reset(**kw))  # type: ignore[arg-type]
+        out = session.tick(False)
+        return out.messages, out.frame.meta["index"] if out.frame else None
+
+    assert reset(seed=1, start="map05") == ([], 15)  # 16 real frames of MAP05, the last one shown
+    assert reset(seed=1) == ([], 15) and session.start_scene == "map05"  # Restart keeps the level
+    assert reset(seed=1, start="generated") == ([], 0)
+    messages, index = reset(seed=None, start="map99")
+    assert index is None and "unknown start scene 'map99'" in json.loads(messages[0])["message"]
+    session.command(Record(on=True))
+    session.tick(False)
+    reset(seed=2, start="map03")
+    session.tick(True)
+    session.command(Record(on=False))
+    stopped = json.loads(session.tick(False).messages[0])
+    actions = tmp_path / f"{stopped['id']}.actions.jsonl"
+    assert any('"start": "map03"' in line for line in actions.read_text().splitlines())
+    assert main(["record", "--replay", str(actions)]) == 0

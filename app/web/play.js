@@ -23,6 +23,7 @@
   const held = new Set();
   let pad = null, padKey = "";
 
+  let warming = false, liveText = "live";
   function setStatus(kind, text) { status.dataset.state = kind; statusText.textContent = text; }
   function send(obj) { if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(obj)); }
   function sendInput() {
@@ -54,8 +55,12 @@
 
   function onText(msg) {
     if (msg.type === "hello") {
-      setStatus("live", "live · " + msg.fps + " FPS target · " + msg.steps + " step" + (msg.steps === 1 ? "" : "s"));
+      liveText = "live · " + msg.fps + " FPS target · " + msg.steps + " step" + (msg.steps === 1 ? "" : "s");
       $(".ws-s-compute").textContent = msg.dtype + " · " + msg.cpu_capability + " · " + msg.threads + " thr";
+      const scene = $(".ws-scene");
+      scene.replaceChildren(...(msg.starts || []).map((name) => new Option(name, name, false, name === msg.start)));
+      setStatus("warming", "warming up…");  // until the first frame is drawn
+      warming = true;
       if (held.size || pad) sendInput();
     } else if (msg.type === "frame") {
       pendingMeta = msg;
@@ -92,6 +97,7 @@
       ctx.drawImage(bmp, 0, 0, canvas.width, canvas.height);
       bmp.close();
       state.framesDrawn += 1;
+      if (warming) { warming = false; setStatus("live", liveText); }
       drawTimes.push(performance.now());
       if (meta) {
         state.lastIndex = meta.index;
@@ -204,9 +210,13 @@
     if (!ws || ws.readyState > WebSocket.OPEN) { connect(); stage.focus(); return; }
     const v = $(".ws-seed").value.trim();
     const seed = v === "" ? null : Math.max(0, Math.min(2147483647, Math.floor(Number(v))));
-    send(seed === null || Number.isNaN(seed) ? { type: "reset" } : { type: "reset", seed });
+    const msg = { type: "reset" };
+    if (seed !== null && !Number.isNaN(seed)) msg.seed = seed;
+    if ($(".ws-scene").value) msg.start = $(".ws-scene").value;
+    send(msg);
     stage.focus();
   });
+  $(".ws-scene").addEventListener("change", () => $(".ws-reset").click());  // a new level starts at once
   $(".ws-pause").addEventListener("click", () => { send({ type: "pause", paused: !state.paused }); stage.focus(); });
   $(".ws-record").addEventListener("click", () => { send({ type: "record", on: !state.recording }); stage.focus(); });
 
