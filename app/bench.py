@@ -11,11 +11,13 @@ number of forwards, not on the weights, so ``euler:16`` is the teacher's cost).
 from __future__ import annotations
 
 import dataclasses
+import os
 import resource
 import statistics
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,7 +28,7 @@ from app.session import jpeg_bytes
 from engine.action import BUTTONS, Action
 from engine.config import ConfigError, EngineConfig, SamplerConfig, get_preset
 from engine.engine import Engine
-from engine.precision import hardware, resolve_dtype
+from engine.precision import hardware, resolve_dtype, set_threads
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -41,6 +43,7 @@ class BenchArgs:
     sampler: str | None = None  # override the sampler's kind
     device: str = "cpu"
     dtype: str = "auto"  # auto: bf16 where the hardware has native bf16 matrix math, else fp32
+    threads: int | None = None  # torch threads (None: torch's default)
     attention: str = "auto"
     compile: bool = False
     recompute: bool = True  # also measure the no-cache baseline (for cache_speedup)
@@ -89,9 +92,20 @@ def _config(args: BenchArgs) -> tuple[EngineConfig, str]:
     return dataclasses.replace(config, sampler=sampler), name
 
 
+def process_age_s() -> float | None:
+    """Seconds since this process started (Linux /proc), None where unknown."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+
+
 def _run(engine: Engine, warmup: int, frames: int, seed: int, desc: str) -> dict[str, Any]:
     actions = _actions(warmup + frames, seed)
     engine.reset(seed)
+    first_frame_at = process_age_s()  # launch (process start) to the first frame made
     for _ in engine.stream(actions[:warmup]):
         pass
     if engine.device.type == "cuda":
@@ -110,7 +124,9 @@ def _run(engine: Engine, warmup: int, frames: int, seed: int, desc: str) -> dict
     return {
         "fps": frames / wall,
         "ms_per_frame": {k: statistics.fmean(v) for k, v in stages.items()},
+        "ms_p50": {k: statistics.median(v) for k, v in stages.items()},
         "ms_p95": {k: _p95(v) for k, v in stages.items()},
+        "first_frame_at_s": first_frame_at,
     }
 
 
@@ -127,6 +143,7 @@ def run_bench(args: BenchArgs) -> dict[str, Any]:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available on this machine")
     requested = args.dtype
+    set_threads(args.threads)
     args = dataclasses.replace(args, dtype=resolve_dtype(args.dtype, args.device) if args.dtype == "auto"
                                else args.dtype)
     args = dataclasses.replace(args, model=default_model(args.model, args.preset))
@@ -167,7 +184,9 @@ def run_bench(args: BenchArgs) -> dict[str, Any]:
         "fps": cached["fps"],
         "model_fps": 1000.0 / cached["ms_per_frame"]["model"],
         "ms_per_frame": cached["ms_per_frame"],
+        "ms_p50": cached["ms_p50"],
         "ms_p95": cached["ms_p95"],
+        "launch_to_first_frame_s": cached["first_frame_at_s"],
         "params": engine.runner.model.num_params(),
         "cache_mb": engine.runner.cache.memory_bytes() / 2**20,
         "decoder": engine.decoder.name,
@@ -201,8 +220,12 @@ def format_table(r: dict[str, Any]) -> str:
         f"  {r['resolution']}, {r['tokens_per_frame']} tokens/frame, window {r['window_frames']} + "
         f"{r['sink_frames']} sink, {r['sampler']} x {r['steps']} step(s), {r['params'] / 1e6:.1f}M params",
         f"  FPS end to end (model + decode + JPEG): {r['fps']:.1f}    model-only FPS: {r['model_fps']:.1f}",
-        "  ms/frame: " + ", ".join(f"{k} {v:.2f}" for k, v in ms.items()),
+        "  ms/frame mean: " + ", ".join(f"{k} {v:.2f}" for k, v in ms.items()),
+        "  ms/frame p50 / p95: " + ", ".join(f"{k} {r['ms_p50'][k]:.1f} / {r['ms_p95'][k]:.1f}" for k in ms),
     ]
+    if r.get("launch_to_first_frame_s") is not None:
+        lines.append(f"  launch to first frame: {r['launch_to_first_frame_s']:.1f} s (process start to x_0, "
+                     f"model load{' and compile' if r['compile'] else ''} included)")
     if "cache_speedup" in r:
         lines.append(f"  no-cache (recompute window) FPS: {r['recompute_fps']:.1f}    "
                      f"cache speed-up: {r['cache_speedup']:.1f}x")

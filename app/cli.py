@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -35,6 +36,7 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
                    help="auto (default): bf16 where the hardware has native bf16 matrix math, else fp32")
     p.add_argument("--attention", choices=["auto", "sdpa", "flex", "xformers", "reference"], default="auto")
     p.add_argument("--compile", action="store_true", help="torch.compile the model step")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
     p.add_argument("--no-recompute", dest="recompute", action="store_false",
                    help="skip the no-cache baseline (no cache_speedup)")
     p.add_argument("--recompute-frames", type=int, default=None,
@@ -219,6 +221,9 @@ def _engine_args(p: argparse.ArgumentParser, dtype: str = "auto") -> None:
                    "matrix math, else fp32)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model step (faster after warm-up)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: play one core fewer than torch would use, leaving a core to the "
+                   "browser, event loop and JPEG; record all)")
 
 
 def _play_parsers(sub: argparse._SubParsersAction) -> None:
@@ -275,7 +280,7 @@ def _play_parsers(sub: argparse._SubParsersAction) -> None:
 
 def _spec(args: argparse.Namespace) -> EngineSpec:
     return EngineSpec(model=default_model(args.model, args.preset), preset=args.preset or "small", steps=args.steps,
-                      dtype=args.dtype, device=args.device, compile=args.compile)
+                      dtype=args.dtype, device=args.device, compile=args.compile, threads=args.threads)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -417,6 +422,10 @@ def _play(args: argparse.Namespace) -> int:
     from app.server import ServeArgs, serve
 
     spec = _spec(args)
+    if spec.threads is None:
+        from engine.precision import serving_threads
+
+        spec = dataclasses.replace(spec, threads=serving_threads())
     serve(ServeArgs(host=args.host, port=args.port, token=args.token, max_sessions=args.max_sessions,
                     fps=args.fps, recordings=args.recordings, seed=args.seed, start=args.start), spec)
     return 0

@@ -71,6 +71,23 @@ def resolve_dtype(name: str, device: str = "cpu") -> str:
     return name
 
 
+def set_threads(threads: int | None) -> int:
+    """torch's intra-op threads for this process (None: leave torch's default, one per core it
+    may use); returns the number in effect. ValueError for a count below 1."""
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def serving_threads() -> int:
+    """Threads for a play server: one core fewer than torch would use (at least one). The browser,
+    the event loop, JPEG and the recorder need a core: with the browser on the same 2-core CPU the
+    bundled model serves 8.5 FPS at 1 thread against 7.2 at 2 (docs/benchmarks.md)."""
+    return max(1, torch.get_num_threads() - 1)
+
+
 def hardware(device: str = "cpu") -> dict[str, Any]:
     """What a speed figure needs next to it: CPU model, torch's capability, threads, bf16."""
     info: dict[str, Any] = {"cpu": cpu_model(), "cpu_capability": cpu_capability(),

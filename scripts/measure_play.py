@@ -14,7 +14,6 @@ import argparse
 import json
 import shutil
 import socket
-import statistics
 import tempfile
 import threading
 import time
@@ -24,6 +23,7 @@ import uvicorn
 from playwright.sync_api import sync_playwright
 
 from app.engine_spec import EngineSpec
+from app.probe import play_and_measure
 from app.server import ServeArgs, create_app
 
 FLAGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -62,28 +62,8 @@ def main() -> None:
         page = browser.new_page()
         page.goto(f"http://127.0.0.1:{port}/")
         page.wait_for_function("window.worldstream && window.worldstream.framesDrawn > 10", timeout=120_000)
-        page.click(".ws-stage")
-        page.evaluate("window.worldstream.latencies.length = 0")
         hub.cpu.read()
-        drawn0, t0 = page.evaluate("window.worldstream.framesDrawn"), time.monotonic()
-        keys, i = ["KeyW", "ArrowLeft", "KeyW", "ArrowRight", "KeyD"], 0
-        while time.monotonic() - t0 < args.seconds:  # hold 0.4 s, release 0.2 s: ~1.7 inputs/s
-            page.keyboard.down(keys[i % len(keys)])
-            time.sleep(0.4)
-            page.keyboard.up(keys[i % len(keys)])
-            time.sleep(0.2)
-            i += 1
-        wall = time.monotonic() - t0
-        state = page.evaluate("window.worldstream")
-        lat = sorted(state["latencies"])
-        out.update(
-            client_fps=round((state["framesDrawn"] - drawn0) / wall, 2),
-            server_fps=state["serverStats"]["fps"],
-            server_ms=state["serverStats"]["ms"],
-            server_cpu_cores=round(hub.cpu.read(), 3),
-            key_to_photon_ms={"n": len(lat), "median": round(statistics.median(lat), 1),
-                              "p95": round(lat[min(len(lat) - 1, int(0.95 * len(lat)))], 1)},
-        )
+        out.update(play_and_measure(page, args.seconds), server_cpu_cores=round(hub.cpu.read(), 3))
         if args.record > 0:
             page.click(".ws-record")
             page.wait_for_function("window.worldstream.recording !== null")

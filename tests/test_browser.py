@@ -113,3 +113,48 @@ def test_the_page_without_token_is_refused(server: tuple[str, Path], browser: An
     page.goto(url.split("?")[0])
     page.wait_for_function("document.querySelector('.ws-status')?.dataset.state === 'closed'", timeout=30_000)
     assert "token" in page.locator(".ws-status-text").inner_text()
+
+
+@pytest.mark.slow
+def test_key_to_photon_over_30_s_with_the_bundled_model(browser: Any, tmp_path: Path) -> None:
+    """Play 30 s against the bundled model (dtype auto, eager, as `make play` serves it) and report
+    key-to-photon p50/p95 (printed; written as JSON to $WORLDSTREAM_LATENCY_JSON when set; numbers
+    in docs/benchmarks.md). Asserts only that it was measured: speed targets live in bench."""
+    import os
+
+    import torch
+    import uvicorn
+
+    from app.engine_spec import BUNDLED_MODEL
+    from app.probe import play_and_measure
+    from engine.precision import serving_threads
+
+    threads = torch.get_num_threads()  # play sets torch's threads process-wide: restored below
+    spec = EngineSpec(model=str(BUNDLED_MODEL), threads=serving_threads())  # as `worldstream play` serves
+    app = create_app(ServeArgs(recordings=str(tmp_path)), spec)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not srv.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        page = browser.new_page()
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.wait_for_function("window.worldstream && window.worldstream.framesDrawn > 10", timeout=120_000)
+        result = play_and_measure(page, 30.0)
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
+        torch.set_num_threads(threads)
+    result["server"] = {k: app.state.hub.health()[k] for k in ("model", "decoder", "dtype", "cpu_capability",
+                                                               "threads", "cpu")}
+    print(json.dumps(result))
+    if os.environ.get("WORLDSTREAM_LATENCY_JSON"):
+        Path(os.environ["WORLDSTREAM_LATENCY_JSON"]).write_text(json.dumps(result, indent=2))
+    lat = result["key_to_photon_ms"]
+    assert lat["n"] >= 20 and 0 < lat["p50"] <= lat["p95"] < 10_000, result
+    assert result["client_fps"] > 1

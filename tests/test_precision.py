@@ -71,6 +71,7 @@ def test_bench_and_health_report_the_choice(monkeypatch: pytest.MonkeyPatch, tmp
     r = run_bench(BenchArgs(preset="tiny", frames=3, warmup=1, recompute=False))
     assert r["dtype"] == "fp32" and r["dtype_requested"] == "auto" and r["cpu_capability"] == "AVX2"
     assert r["threads"] == torch.get_num_threads() and r["bf16_native"] is False
+    assert 0 < r["launch_to_first_frame_s"] < 3600 and set(r["ms_p50"]) == set(r["ms_p95"]) >= {"model", "jpeg"}
     assert "capability AVX2" in format_table(r) and "fp32 (auto)" in format_table(r)
     with TestClient(create_app(ServeArgs(recordings=str(tmp_path)), EngineSpec(preset="tiny"), page=False)) as c:
         h = c.get("/healthz").json()

@@ -86,7 +86,9 @@ def test_page_level_selector_restarts_at_the_chosen_scene(tmp_path: Path) -> Non
         hello = ws.receive_json()
     assert hello["start"] == "map01" and hello["starts"][-1] == "generated" and "map05" in hello["starts"]
 
-    session = app.state.hub.open()
+    hub = app.state.hub
+    hub.executor.submit(lambda: None).result()  # the socket's last engine call has finished
+    session = hub.open()
     session.start(seed=0)
 
     def reset(**kw: object) -> tuple[list[str], int | None]:
