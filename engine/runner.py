@@ -12,6 +12,7 @@ import torch
 from engine.cache import CacheShape, FullContext, KVCache
 from engine.config import EngineConfig
 from engine.model.dit import DiT
+from engine.precision import separate_compile_cache
 from kernels.attention import get_backend
 
 
@@ -32,6 +33,8 @@ class Runner:
             device=self.device, dtype=dtype)
         # Compile only the step; its shapes are static (1 and 2 frames in steady state). The
         # no-cache baseline sees every clip length up to sink + window + 1: one dynamic graph.
+        if compile:
+            separate_compile_cache()
         self._model = torch.compile(self.model, dynamic=False) if compile else self.model
         self._model_full = torch.compile(self.model, dynamic=True) if compile else self.model
 

@@ -146,12 +146,12 @@ def test_key_to_photon_over_30_s_with_the_bundled_model(browser: Any, tmp_path: 
         page.goto(f"http://127.0.0.1:{port}/")
         page.wait_for_function("window.worldstream && window.worldstream.framesDrawn > 10", timeout=120_000)
         result = play_and_measure(page, 30.0)
+        result["server"] = {k: app.state.hub.health()[k] for k in ("model", "decoder", "dtype", "cpu_capability",
+                                                                   "threads", "cpu")}
     finally:
         srv.should_exit = True
         thread.join(timeout=10)
         torch.set_num_threads(threads)
-    result["server"] = {k: app.state.hub.health()[k] for k in ("model", "decoder", "dtype", "cpu_capability",
-                                                               "threads", "cpu")}
     print(json.dumps(result))
     if os.environ.get("WORLDSTREAM_LATENCY_JSON"):
         Path(os.environ["WORLDSTREAM_LATENCY_JSON"]).write_text(json.dumps(result, indent=2))

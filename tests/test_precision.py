@@ -29,9 +29,11 @@ def test_native_bf16_needs_avx512_kernels_and_bf16_flags(capability: str, flags:
     assert native_bf16("cpu", capability=capability, flags=flags) is native
 
 
-def _machine(monkeypatch: pytest.MonkeyPatch, capability: str, flags: frozenset[str]) -> None:
+def _machine(monkeypatch: pytest.MonkeyPatch, capability: str, flags: frozenset[str],
+             bf16_faster: bool = True) -> None:
     monkeypatch.setattr(precision, "cpu_capability", lambda: capability)
     monkeypatch.setattr(precision, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(precision, "bf16_pays", lambda device="cpu": bf16_faster)
 
 
 def test_auto_picks_fp32_without_native_bf16_and_the_decoder_follows(monkeypatch: pytest.MonkeyPatch,
@@ -52,6 +54,16 @@ def test_auto_picks_fp32_without_native_bf16_and_the_decoder_follows(monkeypatch
     assert spec.dtype == "bf16"
     assert spec.build().decoder.dtype == torch.bfloat16
     assert EngineSpec(model=str(folder), dtype="fp32").build().decoder.dtype == torch.float32  # explicit wins
+
+    _machine(monkeypatch, "AVX512", AVX512_BF16, bf16_faster=False)  # native, but measured slower here
+    assert resolve_dtype("auto") == "fp32" and resolve_dtype("bf16") == "bf16"
+
+
+def test_the_bf16_probe_runs_and_is_cached() -> None:
+    precision.bf16_pays.cache_clear()
+    first = precision.bf16_pays("cpu")
+    assert isinstance(first, bool) and precision.bf16_pays("cpu") is first
+    assert precision.bf16_pays.cache_info().hits >= 1
 
 
 def test_bad_dtype_is_one_clear_error() -> None:
