@@ -426,3 +426,27 @@ def test_soak_short_campaign_holds() -> None:
     assert r["recordings"] >= 6 and r["recordings_ok"] == r["recordings"]
     base = phases["before"]["player_fps"]
     assert all(p["player_fps"] >= 0.5 * base and p["server_alive"] for p in r["phases"]), r["phases"]
+
+
+def test_corrupt_inputs_are_one_line_each(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A broken actions file, recording meta or repeat count: exit 2 and one line naming the file
+    (and line), never a traceback; nothing is written for a run that could not start."""
+    bad = tmp_path / "bad.actions.jsonl"
+    bad.write_text('{"event": "reset", "seed": 1}\n{"event": "step", "buttons": ["forward"]}\n{"event": "st')
+    out = tmp_path / "x.mp4"
+    cases = [
+        (["record", "--preset", "tiny", "--actions", str(bad), "--out", str(out)], f"{bad}:3: not JSON"),
+        (["record", "--replay", str(bad)], "bad.meta.json"),
+    ]
+    (tmp_path / "r.meta.json").write_text("{not json")
+    (tmp_path / "r.actions.jsonl").write_text('{"event": "reset", "seed": 1}\n')
+    cases.append((["record", "--replay", str(tmp_path / "r.actions.jsonl")], "r.meta.json: not JSON"))
+    rep = tmp_path / "rep.actions.jsonl"
+    rep.write_text('{"event": "reset", "seed": 1}\n{"event": "step", "buttons": [], "repeat": 0}\n')
+    cases.append((["record", "--preset", "tiny", "--actions", str(rep), "--out", str(out)],
+                  "step repeat must be an integer"))
+    for argv, expected in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert expected in err and err.count("\n") == 0 and "Traceback" not in err, (argv, err)
+    assert not out.exists() and not (tmp_path / "x.actions.jsonl").exists()
