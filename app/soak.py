@@ -22,12 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import http.client
 import json
-import random
 import re
-import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -37,10 +33,10 @@ from pathlib import Path
 from typing import Any
 
 import av
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from app.protocol import ProtocolError, parse
+from app.attacks import churn, drop, flood, fuzz, hostile_messages, open_ws, recording_faults, slow
 
 
 @dataclass(frozen=True)
@@ -69,42 +65,6 @@ class SoakArgs:
 
 # Tiny frames are ~0.8 KB: at 30 FPS a silent client fills its buffers within the slow phase.
 SHORT = dict(fuzz=300, churn=12, phase_seconds=3.0, slow_seconds=10.0, memory_seconds=5.0, fps=30.0)
-
-
-def hostile_messages(n: int, seed: int) -> list[str | bytes]:
-    """``n`` messages a parser must refuse: binary, random text, valid messages with fields
-    broken, removed or added, truncated JSON, huge numbers, deep nesting, oversized."""
-    rng = random.Random(seed)
-    valid = [{"type": "input", "seq": 1, "ts": 1.0, "keys": ["KeyW"]}, {"type": "reset", "seed": 1},
-             {"type": "pause", "paused": True}, {"type": "record", "on": True}, {"type": "stats"}]
-    junk = [None, True, -1, 2**70, 10**400, 1e308, "", "x" * 50, [], {}, [1, [2, [3]]], {"a": {"b": 1}},
-            "\u202e\u0000", "ü" * 30]
-    out: list[str | bytes] = []
-    while len(out) < n:
-        r = rng.random()
-        if r < 0.1:
-            m: str | bytes = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 64)))
-        elif r < 0.2:
-            m = "".join(chr(rng.randrange(32, 0x2FFF)) for _ in range(rng.randrange(0, 80)))
-        elif r < 0.23:
-            m = "[" * 5000 + "]" * 5000 if rng.random() < 0.5 else '{"type": "stats", "pad": "' + "x" * 5000 + '"}'
-        else:
-            msg = dict(rng.choice(valid))
-            for _ in range(rng.randrange(1, 4)):
-                op = rng.random()
-                if op < 0.4 and msg:
-                    msg[rng.choice(list(msg))] = rng.choice(junk)
-                elif op < 0.7:
-                    msg[rng.choice(["type", "seq", "ts", "keys", "zzz", "gamepad", "on", "seed"])] = rng.choice(junk)
-                elif msg:
-                    msg.pop(rng.choice(list(msg)))
-            text = json.dumps(msg)
-            m = text[: rng.randrange(len(text) + 1)] if rng.random() < 0.2 else text
-        try:
-            parse(m)
-        except ProtocolError:
-            out.append(m)  # keep only what must be refused (valid ones would pause, reset, record)
-    return out
 
 
 @dataclass
@@ -165,149 +125,6 @@ class Server:
         if self.proc.poll() is None:
             self.proc.kill()
         self._log.close()
-
-
-async def open_ws(url: str, rcvbuf: int | None = None, max_queue: int = 64) -> ClientConnection:
-    """A session (retrying while the server is full: a dropped peer's slot frees a moment later)."""
-    deadline = time.monotonic() + 10
-    while True:
-        sock = socket.create_connection(("127.0.0.1", port_of(url)))
-        if rcvbuf is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        ws = await connect(url, sock=sock, proxy=None, max_queue=max_queue, compression=None, max_size=2**22)
-        hello = json.loads(await ws.recv())
-        if hello.get("type") == "hello":
-            return ws
-        await ws.close()
-        if hello.get("code") != "server_full" or time.monotonic() > deadline:
-            raise RuntimeError(f"no session: {hello}")
-        await asyncio.sleep(0.05)
-
-
-async def drop(ws: ClientConnection, how: str) -> None:
-    """Leave: "clean" (close handshake), "fin" (TCP close, no close frame), "rst" (reset)."""
-    if how == "clean":
-        await ws.close()
-        return
-    sock = ws.transport.get_extra_info("socket")
-    if how == "rst" and sock is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    ws.transport.abort() if how == "rst" else ws.transport.close()
-
-
-async def until(ws: ClientConnection, kind: str, limit: float = 10.0) -> dict[str, Any]:
-    async with asyncio.timeout(limit):
-        while True:
-            msg = await ws.recv()
-            if isinstance(msg, str) and (obj := json.loads(msg)).get("type") == kind:
-                return obj
-
-
-async def fuzz(url: str, messages: list[str | bytes]) -> dict[str, Any]:
-    ws = await open_ws(url, max_queue=4096)
-    errors = 0
-
-    async def count() -> None:
-        nonlocal errors
-        async for msg in ws:
-            if isinstance(msg, str) and '"type": "error"' in msg:
-                errors += 1
-
-    counter = asyncio.create_task(count())
-    for i, m in enumerate(messages):
-        await ws.send(m)
-        if i % 50 == 49:
-            await asyncio.sleep(0.6)  # under the 100 messages/s limit: every message must be answered
-    await asyncio.sleep(1.0)
-    await ws.send(json.dumps({"type": "stats"}))
-    await asyncio.sleep(0.5)
-    counter.cancel()
-    alive = not ws.close_code
-    await drop(ws, "clean")
-    return {"messages": len(messages), "errors": errors, "alive": alive}
-
-
-async def churn(url: str, n: int) -> dict[str, Any]:
-    kinds = ["clean", "fin", "rst", "recording"]
-    done = 0
-    for i in range(n):
-        ws = await open_ws(url)
-        kind = kinds[i % len(kinds)]
-        if kind == "recording":
-            await ws.send(json.dumps({"type": "record", "on": True}))
-            await until(ws, "recording")
-            await asyncio.sleep(0.3)
-        await drop(ws, "rst" if kind == "recording" else kind)
-        done += 1
-    return {"messages": done}
-
-
-def health(url: str) -> dict[str, Any]:
-    """The server's /healthz (plain HTTP on loopback: no proxy settings apply)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port_of(url), timeout=10)
-    try:
-        conn.request("GET", "/healthz")
-        return json.loads(conn.getresponse().read())
-    finally:
-        conn.close()
-
-
-def port_of(url: str) -> int:
-    return int(url.split(":")[2].split("/")[0])
-
-
-async def slow(url: str, seconds: float) -> dict[str, Any]:
-    """A client that reads one message and then nothing for ``seconds``, then resets."""
-    dropped = health(url)["frames_dropped"]
-    ws = await open_ws(url, rcvbuf=4096, max_queue=1)
-    await asyncio.sleep(seconds)
-    await drop(ws, "rst")
-    return {"messages": 1, "frames_dropped": health(url)["frames_dropped"] - dropped}
-
-
-async def flood(url: str, seconds: float) -> dict[str, Any]:
-    """Input at 500 messages/s (5x the limit: dropped, answered with a few errors, the session
-    goes on) for ``seconds``; then as fast as possible until the server closes the connection."""
-    ws = await open_ws(url, max_queue=4096)
-    sent, t0 = 0, time.monotonic()
-    while time.monotonic() < t0 + seconds:
-        for _ in range(50):
-            await ws.send(json.dumps({"type": "input", "seq": sent + 1, "ts": 0.0, "keys": ["KeyW"]}))
-            sent += 1
-        await asyncio.sleep(0.1)
-    await asyncio.sleep(2.5)  # the rate limit's bucket refills: the stats request gets through
-    await ws.send(json.dumps({"type": "stats"}))
-    dropped = (await until(ws, "stats", limit=30))["dropped_messages"]
-    blast = 0
-    try:
-        async with asyncio.timeout(30):
-            while True:
-                await ws.send(json.dumps({"type": "input", "seq": 1, "ts": 0.0, "keys": []}))
-                blast += 1
-                if blast % 100 == 0:
-                    await asyncio.sleep(0)
-    except ConnectionClosed:
-        pass
-    return {"messages": sent + blast, "limited": f"{dropped}/{sent}",
-            "blast_closed": f"{ws.close_code} after {blast}"}
-
-
-async def recording_faults(url: str) -> dict[str, Any]:
-    ws = await open_ws(url)
-    await ws.send(json.dumps({"type": "pause", "paused": True}))
-    for on in (True, False):
-        await ws.send(json.dumps({"type": "record", "on": on}))
-    empty = [await until(ws, "recording"), await until(ws, "recording")]
-    await ws.send(json.dumps({"type": "pause", "paused": False}))
-    for on in (True, False):  # in one tick while playing
-        await ws.send(json.dumps({"type": "record", "on": on}))
-    await until(ws, "recording")
-    await until(ws, "recording")
-    await ws.send(json.dumps({"type": "record", "on": True}))
-    await until(ws, "recording")
-    await asyncio.sleep(1.0)
-    await drop(ws, "rst")  # mid-recording
-    return {"messages": 7, "empty_recording_frames": empty[1].get("frames")}
 
 
 def check_recordings(folder: Path) -> tuple[int, int]:
