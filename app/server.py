@@ -26,7 +26,7 @@ import resource
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -392,5 +392,37 @@ def serve(args: ServeArgs, spec: EngineSpec) -> None:
     app = create_app(args, spec)
     print(f"worldstream: serving {spec.name} at http://{host}:{port}/ "
           f"(up to {args.max_sessions} sessions, {args.fps:g} FPS)", flush=True)
-    config = uvicorn.Config(app, ws="websockets-sansio", ws_max_size=64 * 1024, log_level="warning")
-    uvicorn.Server(config).run(sockets=[sock])
+    uvicorn.Server(uvicorn_config(app)).run(sockets=[sock])
+
+
+def uvicorn_config(app: FastAPI) -> Any:
+    """How play runs uvicorn (the websocket implementation whose send waits on a full buffer, which
+    the newest-frame mailbox relies on; 64 KiB frames at most)."""
+    import uvicorn
+
+    return uvicorn.Config(app, ws="websockets-sansio", ws_max_size=64 * 1024, log_level="warning")
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: FastAPI, timeout: float = 60.0) -> Iterator[int]:
+    """Serve ``app`` as ``serve`` does, on a free loopback port, in a daemon thread (tests, probes);
+    yields the port once uvicorn is up, stops it on exit."""
+    import threading
+
+    import uvicorn
+
+    sock = bind("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn_config(app))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not server.started and thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not server.started:
+            raise RuntimeError("uvicorn did not start")
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()

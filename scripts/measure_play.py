@@ -13,18 +13,16 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import socket
 import tempfile
-import threading
 import time
 from pathlib import Path
+from typing import Any
 
-import uvicorn
 from playwright.sync_api import sync_playwright
 
 from app.engine_spec import EngineSpec
 from app.probe import play_and_measure
-from app.server import ServeArgs, create_app
+from app.server import ServeArgs, create_app, serve_in_thread
 
 FLAGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--no-first-run", "--disable-gpu"]
@@ -47,13 +45,13 @@ def main() -> None:
     t_start = time.monotonic()
     rec_dir = Path(tempfile.mkdtemp(prefix="worldstream-rec-"))
     app = create_app(ServeArgs(fps=args.fps, recordings=str(rec_dir)), spec)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
+    with serve_in_thread(app) as port:
+        out = measure(app, port, spec, args, chromium, rec_dir, t_start)
+    print(json.dumps(out, indent=2))
+
+
+def measure(app: Any, port: int, spec: EngineSpec, args: argparse.Namespace, chromium: str, rec_dir: Path,
+            t_start: float) -> dict:
     hub = app.state.hub
     out: dict = {"model": spec.name, "steps": hub.info.engine["steps"], "compile": args.compile,
                  "target_fps": args.fps, "startup_s": round(time.monotonic() - t_start, 1)}
@@ -81,8 +79,7 @@ def main() -> None:
                                 "mp4_bytes": meta["bytes"], "stop_to_link_s": round(stop_s, 3),
                                 "record_ms_per_frame": state["serverStats"]["ms"].get("record")}
         browser.close()
-    server.should_exit = True
-    print(json.dumps(out, indent=2))
+    return out
 
 
 if __name__ == "__main__":

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +14,7 @@ import av
 import pytest
 
 from app.engine_spec import EngineSpec
-from app.server import ServeArgs, create_app
+from app.server import ServeArgs, create_app, serve_in_thread
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
@@ -33,24 +30,11 @@ navigator.getGamepads = () => [{id: "Fake Pad (test)", index: 0, connected: true
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    import uvicorn
-
     rec = tmp_path_factory.mktemp("rec")
     spec = EngineSpec(preset="tiny", dtype="fp32")
     app = create_app(ServeArgs(recordings=str(rec), fps=20.0, token="browser-test"), spec)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert srv.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}/?token=browser-test", rec
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with serve_in_thread(app, timeout=30) as port:
+        yield f"http://127.0.0.1:{port}/?token=browser-test", rec
 
 
 @pytest.fixture
@@ -123,7 +107,6 @@ def test_key_to_photon_over_30_s_with_the_bundled_model(browser: Any, tmp_path: 
     import os
 
     import torch
-    import uvicorn
 
     from app.engine_spec import BUNDLED_MODEL
     from app.probe import play_and_measure
@@ -132,25 +115,15 @@ def test_key_to_photon_over_30_s_with_the_bundled_model(browser: Any, tmp_path: 
     threads = torch.get_num_threads()  # play sets torch's threads process-wide: restored below
     spec = EngineSpec(model=str(BUNDLED_MODEL), threads=serving_threads())  # as `worldstream play` serves
     app = create_app(ServeArgs(recordings=str(tmp_path)), spec)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
     try:
-        deadline = time.monotonic() + 60
-        while not srv.started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        page = browser.new_page()
-        page.goto(f"http://127.0.0.1:{port}/")
-        page.wait_for_function("window.worldstream && window.worldstream.framesDrawn > 10", timeout=120_000)
-        result = play_and_measure(page, 30.0)
-        result["server"] = {k: app.state.hub.health()[k] for k in ("model", "decoder", "dtype", "cpu_capability",
-                                                                   "threads", "cpu")}
+        with serve_in_thread(app) as port:
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.wait_for_function("window.worldstream && window.worldstream.framesDrawn > 10", timeout=120_000)
+            result = play_and_measure(page, 30.0)
+            result["server"] = {k: app.state.hub.health()[k] for k in ("model", "decoder", "dtype",
+                                                                       "cpu_capability", "threads", "cpu")}
     finally:
-        srv.should_exit = True
-        thread.join(timeout=10)
         torch.set_num_threads(threads)
     print(json.dumps(result))
     if os.environ.get("WORLDSTREAM_LATENCY_JSON"):
