@@ -419,7 +419,8 @@ def _showcase(args: argparse.Namespace) -> int:
 
 
 def _play(args: argparse.Namespace) -> int:
-    from app.server import ServeArgs, serve
+    from app.listen import serve
+    from app.server import ServeArgs
 
     spec = _spec(args)
     if spec.threads is None:

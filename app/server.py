@@ -18,15 +18,13 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
-import errno
 import json
 import logging
 import re
 import resource
 import secrets
-import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -356,73 +354,3 @@ def create_app(args: ServeArgs, spec: EngineSpec, page: bool = True) -> FastAPI:
         app = gr.mount_gradio_app(app, demo, path="/", css=css, head=head, footer_links=[])
         app.state.hub = hub
     return app
-
-
-def bind(host: str, port: int) -> socket.socket:
-    """The listening socket, bound before the model loads: a port in use fails in one line, at once."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as e:
-        raise ValueError(f"--host {host}: cannot resolve ({e.strerror})") from None
-    family, kind, proto, _, address = infos[0]
-    sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    # Accepted sockets inherit this: a client that stops reading backs up into at most ~SEND_BUFFER
-    # of kernel buffer (not the several MB TCP autotuning allows), then the newest-frame mailbox drops.
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
-    try:
-        sock.bind(address)
-    except OSError as e:
-        sock.close()
-        if e.errno == errno.EADDRINUSE:
-            raise ValueError(f"port {port} on {host} is in use (another worldstream play?); "
-                             f"choose another with --port") from None
-        raise ValueError(f"cannot listen on {host}:{port}: {e.strerror}") from None
-    sock.listen(128)
-    return sock
-
-
-def serve(args: ServeArgs, spec: EngineSpec) -> None:
-    import uvicorn
-
-    sock = bind(args.host, args.port)
-    host, port = sock.getsockname()[:2]
-    print(f"worldstream: loading {spec.name}" + (" and compiling the step (first time: ~1 min)" if spec.compile else "")
-          + " ...", flush=True)
-    app = create_app(args, spec)
-    print(f"worldstream: serving {spec.name} at http://{host}:{port}/ "
-          f"(up to {args.max_sessions} sessions, {args.fps:g} FPS)", flush=True)
-    uvicorn.Server(uvicorn_config(app)).run(sockets=[sock])
-
-
-def uvicorn_config(app: FastAPI) -> Any:
-    """How play runs uvicorn (the websocket implementation whose send waits on a full buffer, which
-    the newest-frame mailbox relies on; 64 KiB frames at most)."""
-    import uvicorn
-
-    return uvicorn.Config(app, ws="websockets-sansio", ws_max_size=64 * 1024, log_level="warning")
-
-
-@contextlib.contextmanager
-def serve_in_thread(app: FastAPI, timeout: float = 60.0) -> Iterator[int]:
-    """Serve ``app`` as ``serve`` does, on a free loopback port, in a daemon thread (tests, probes);
-    yields the port once uvicorn is up, stops it on exit."""
-    import threading
-
-    import uvicorn
-
-    sock = bind("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn_config(app))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + timeout
-        while not server.started and thread.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if not server.started:
-            raise RuntimeError("uvicorn did not start")
-        yield sock.getsockname()[1]
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()

@@ -14,7 +14,8 @@ import av
 import pytest
 
 from app.engine_spec import EngineSpec
-from app.server import ServeArgs, create_app, serve_in_thread
+from app.listen import serve_in_thread
+from app.server import ServeArgs, create_app
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")

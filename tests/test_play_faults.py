@@ -19,9 +19,10 @@ from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from app.cli import main
+from app.listen import bind
 from app.protocol import ProtocolError, parse
 from app.recorder import EventLog, Recorder, event_reset, event_step, read_events
-from app.server import CLOSE_ERROR, CLOSE_POLICY, Connection, ServeArgs, bind, create_app
+from app.server import CLOSE_ERROR, CLOSE_POLICY, Connection, ServeArgs, create_app
 from app.session import FrameOut, PlaySession, Tick
 from engine.action import Action
 from tests.conftest import TINY, MakeClient
