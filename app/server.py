@@ -123,6 +123,7 @@ class Hub:
         self.cpu = CpuMeter()
         starter = SceneStarter()
         self.decoder = base.decoder.name
+        self.hardware = hardware(spec.device)  # fixed for the server's life: read once
         if spec.model is not None and isinstance(base.decoder, StandInDecoder):
             log.warning("%s has no tokenizer: frames are decoded by the untrained stand-in", spec.model)
         self.info = SessionInfo(model=spec.name, fps=args.fps, engine=spec.describe(),
@@ -163,7 +164,7 @@ class Hub:
 
     def health(self) -> dict[str, Any]:
         return {"ok": True, "model": self.spec.name, "decoder": self.decoder, "dtype": self.spec.dtype,
-                **hardware(self.spec.device), "sessions": self.sessions,
+                **self.hardware, "sessions": self.sessions,
                 "max_sessions": self.args.max_sessions, "target_fps": self.args.fps,
                 "server_cpu_cores": round(self.cpu.read(), 3), "queue_depth": self.queue_depth,
                 "frames_dropped": self.frames_dropped}
@@ -312,7 +313,7 @@ def create_app(args: ServeArgs, spec: EngineSpec, page: bool = True) -> FastAPI:
             return
         conn = Connection(ws, hub, session)
         w, h = hub.frame_size
-        hw = hardware(hub.spec.device)
+        hw = hub.hardware
         conn.post(Tick([json.dumps({"type": "hello", "session": session.id, "model": spec.name, "fps": args.fps,
                                     "width": w, "height": h, "steps": hub.info.engine["steps"],
                                     "dtype": hub.spec.dtype, "cpu_capability": hw["cpu_capability"],

@@ -45,6 +45,15 @@ def _decoded(path: Path, truncated: bool = False) -> tuple[int, int]:
         return len(c.streams.video), frames
 
 
+def close_message(ws, limit: int) -> dict:
+    """Read (at most ``limit`` messages) until the server's close; returns that message."""
+    for _ in range(limit):
+        m = ws.receive()
+        if m["type"] == "websocket.close":
+            return m
+    raise AssertionError(f"no close within {limit} messages")
+
+
 # ---------------------------------------------------------------- 1. a 400-digit ts
 def test_huge_numbers_are_answered_not_fatal(make_client: MakeClient) -> None:
     for ts in ("1" * 400, "-" + "9" * 4000, "1e400", "NaN"):
@@ -274,11 +283,7 @@ def test_an_input_flood_is_limited_then_closed_and_others_play_on(make_client: M
         next_frame(flood)  # limited, not closed
         for i in range(3000):
             flood.send_text(json.dumps({"type": "input", "seq": i + 1, "ts": 0.0, "keys": ["KeyW"]}))
-        for _ in range(1000):
-            m = flood.receive()
-            if m["type"] == "websocket.close":
-                break
-        assert m == {"type": "websocket.close", "code": CLOSE_POLICY, "reason": "input flood"}
+        assert close_message(flood, 1000) == {"type": "websocket.close", "code": CLOSE_POLICY, "reason": "input flood"}
         for _ in range(20):
             meta, _, _ = next_frame(calm)
         assert meta["index"] >= first["index"] + 20
@@ -329,11 +334,8 @@ def test_an_engine_failure_closes_only_that_session_and_leaks_no_path(make_clien
         with client.websocket_connect("/ws") as doomed:
             msg = wait_for(doomed, "error")
             assert msg["code"] == "server_error" and "/srv" not in json.dumps(msg)
-            for _ in range(100):
-                m = doomed.receive()
-                if m["type"] == "websocket.close":
-                    break
-            assert m == {"type": "websocket.close", "code": CLOSE_ERROR, "reason": "server error"}
+            assert close_message(doomed, 100) == {"type": "websocket.close", "code": CLOSE_ERROR,
+                                                  "reason": "server error"}
         for _ in range(5):
             next_frame(calm)
 
