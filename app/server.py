@@ -222,7 +222,11 @@ class Connection:
         period = 1.0 / self.hub.args.fps
         self.post(await self.hub.run(self.session.start, self.hub.args.seed))
         next_t = time.monotonic()
+        told = False  # the pause state last acknowledged to the client
         while True:
+            if self.paused != told:  # acknowledged here, between ticks: after "paused" no stepped frame comes
+                told = self.paused
+                self.post(Tick([json.dumps({"type": "paused", "paused": told})]))
             if self.paused:
                 await self.wake.wait()
                 self.wake.clear()
@@ -258,9 +262,8 @@ class Connection:
                 self.session.command(m)
                 self.wake.set()
             elif isinstance(m, Pause):
-                self.paused = m.paused
+                self.paused = m.paused  # the producer acknowledges it once its tick in flight is done
                 self.wake.set()
-                self.post(Tick([json.dumps({"type": "paused", "paused": m.paused})]))
             elif isinstance(m, Stats):
                 h = self.hub.health()
                 stats = self.session.stats(sessions=h["sessions"], max_sessions=h["max_sessions"],
