@@ -343,11 +343,13 @@ def create_app(args: ServeArgs, spec: EngineSpec, page: bool = True) -> FastAPI:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
             hub.release(session)  # the slot is reset by its next session's first call
-            # Finalise a recording in progress (shielded: a cancelled handler still closes the file).
-            try:
-                await asyncio.shield(hub.run(session.close))
-            except Exception:
-                log.exception("session %s: closing its recording failed", session.id)
+            # Finalise a recording in progress: queued on the engine thread right here, synchronously,
+            # so a handler cancelled now (or a loop about to stop) still closes the file.
+            closing = hub.executor.submit(session.close)
+            closing.add_done_callback(lambda f: f.exception() is not None and log.error(
+                "session %s: closing its recording failed", session.id, exc_info=f.exception()))
+            with contextlib.suppress(Exception):
+                await asyncio.shield(asyncio.wrap_future(closing))
 
     if page:
         import gradio as gr

@@ -103,6 +103,9 @@ def test_empty_recording_when_the_client_left_first(tmp_path: Path, make_client:
         ws.send_text(json.dumps({"type": "pause", "paused": True}))
         ws.send_text(json.dumps({"type": "record", "on": True}))
         ws.send_text(json.dumps({"type": "record", "on": False}))
+    # The test client cancels the handler as it leaves; the recording is closed on the engine
+    # thread, queued before the handler returned: wait for that thread to drain.
+    client.app.state.hub.executor.submit(lambda: None).result(timeout=60)
     assert client.get("/healthz").json()["ok"]
     metas = list((tmp_path / "rec").glob("*.meta.json"))
     if metas:  # the commands may not have been applied before the client left
