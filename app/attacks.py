@@ -24,7 +24,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from app.protocol import ProtocolError, parse
+from app.play.protocol import ProtocolError, parse
 
 
 def hostile_messages(n: int, seed: int) -> list[str | bytes]:

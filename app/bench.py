@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from app.engine_spec import default_model
-from app.session import jpeg_bytes
+from app.play.session import jpeg_bytes
 from engine.action import BUTTONS, Action
 from engine.config import ConfigError, EngineConfig, SamplerConfig, get_preset
 from engine.engine import Engine

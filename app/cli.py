@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from app.engine_spec import EngineSpec, default_model
-from app.recorder import describe_error
+from app.play.recorder import describe_error
 from engine.checkpoint import CheckpointError
 from engine.config import PRESETS, ConfigError
 from engine.world.maps import DEFAULT_MAPS, UNSEEN_MAPS
@@ -419,8 +419,8 @@ def _showcase(args: argparse.Namespace) -> int:
 
 
 def _play(args: argparse.Namespace) -> int:
-    from app.listen import serve
-    from app.server import ServeArgs
+    from app.play.listen import serve
+    from app.play.server import ServeArgs
 
     spec = _spec(args)
     if spec.threads is None:

@@ -2,7 +2,7 @@
 page, headless Chromium) with held and released keys, and read what the page measured.
 
 Key-to-photon: from the browser's keydown timestamp to the moment the first frame that used that
-input is drawn on the canvas (the server echoes the input's timestamp with that frame; app/web/play.js
+input is drawn on the canvas (the server echoes the input's timestamp with that frame; app/play/web/play.js
 keeps the samples in ``window.worldstream.latencies``). Used by ``scripts/measure_play.py`` and
 the browser test that plays 30 s against the bundled model.
 """

@@ -5,7 +5,7 @@
     worldstream record --replay recordings/<id>.actions.jsonl [--out again.mp4]
 
 Every recording (live or headless) is STEM.mp4 + STEM.actions.jsonl + STEM.meta.json
-(app/recorder.py). A replay rebuilds the engine from meta.json, replays the events from the
+(app/play/recorder.py). A replay rebuilds the engine from meta.json, replays the events from the
 rollout's reset and checks every recorded frame's SHA-1 against the file.
 """
 
@@ -23,7 +23,7 @@ from typing import Any
 from tqdm import tqdm
 
 from app.engine_spec import EngineSpec
-from app.recorder import (
+from app.play.recorder import (
     Recorder,
     check_writable_dir,
     describe_error,

@@ -21,9 +21,9 @@ from typing import Any
 from playwright.sync_api import sync_playwright
 
 from app.engine_spec import EngineSpec
-from app.listen import serve_in_thread
+from app.play.listen import serve_in_thread
+from app.play.server import ServeArgs, create_app
 from app.probe import play_and_measure
-from app.server import ServeArgs, create_app
 
 FLAGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--no-first-run", "--disable-gpu"]

@@ -11,7 +11,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from app.engine_spec import EngineSpec
-from app.server import ServeArgs, create_app
+from app.play.server import ServeArgs, create_app
 from engine.action import Action
 from engine.config import PRESETS, EngineConfig
 from engine.engine import Engine

@@ -14,8 +14,8 @@ import av
 import pytest
 
 from app.engine_spec import EngineSpec
-from app.listen import serve_in_thread
-from app.server import ServeArgs, create_app
+from app.play.listen import serve_in_thread
+from app.play.server import ServeArgs, create_app
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")

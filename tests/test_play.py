@@ -18,10 +18,10 @@ from starlette.websockets import WebSocketDisconnect
 
 from app.attacks import hostile_messages
 from app.cli import main
-from app.controls import KEYS, Gamepad, to_action
-from app.protocol import MAX_MESSAGE_BYTES, Input, Pause, ProtocolError, Record, Reset, Stats, parse
-from app.recorder import Recorder, read_events
-from app.server import CLOSE_FULL, CLOSE_POLICY
+from app.play.controls import KEYS, Gamepad, to_action
+from app.play.protocol import MAX_MESSAGE_BYTES, Input, Pause, ProtocolError, Record, Reset, Stats, parse
+from app.play.recorder import Recorder, read_events
+from app.play.server import CLOSE_FULL, CLOSE_POLICY
 from engine.action import BUTTONS, Action
 from tests.conftest import MakeClient
 
@@ -255,8 +255,8 @@ def test_disconnect_while_recording_finalises_the_file(tmp_path: Path, make_clie
 
 CRASH = """
 import sys, numpy as np, os
-from app.recorder import Recorder
-from app.recorder import event_step
+from app.play.recorder import Recorder
+from app.play.recorder import event_step
 from engine.action import Action
 r = Recorder(sys.argv[1], {"engine": {}}, fps=10.0, frame_size=(24, 32), scale=2)
 rng = np.random.default_rng(0)

@@ -19,11 +19,11 @@ from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from app.cli import main
-from app.listen import bind
-from app.protocol import ProtocolError, parse
-from app.recorder import EventLog, Recorder, event_reset, event_step, read_events
-from app.server import CLOSE_ERROR, CLOSE_POLICY, Connection, ServeArgs, create_app
-from app.session import FrameOut, PlaySession, Tick
+from app.play.listen import bind
+from app.play.protocol import ProtocolError, parse
+from app.play.recorder import EventLog, Recorder, event_reset, event_step, read_events
+from app.play.server import CLOSE_ERROR, CLOSE_POLICY, Connection, ServeArgs, create_app
+from app.play.session import FrameOut, PlaySession, Tick
 from engine.action import Action
 from tests.conftest import TINY, MakeClient
 from tests.test_play import next_frame, wait_for
@@ -206,9 +206,9 @@ def test_history_is_run_length_encoded_and_replays_exactly(tmp_path: Path) -> No
 def test_recording_after_many_held_steps_replays_exactly(tmp_path: Path) -> None:
     """A session held "forward" for 300 frames, then turned, then recorded: the recording's
     prefix is 3 lines, and ``record --replay`` regenerates its frames bit for bit."""
-    from app.protocol import Input, Record
+    from app.play.protocol import Input, Record
+    from app.play.session import SessionInfo
     from app.scenes import SceneStarter
-    from app.session import SessionInfo
 
     engine = TINY.build()
     info = SessionInfo(model="tiny", fps=17.5, engine=TINY.describe(), recordings=tmp_path, starter=SceneStarter())

@@ -77,7 +77,7 @@ def test_bench_and_health_report_the_choice(monkeypatch: pytest.MonkeyPatch, tmp
     from fastapi.testclient import TestClient
 
     from app.bench import BenchArgs, format_table, run_bench
-    from app.server import ServeArgs, create_app
+    from app.play.server import ServeArgs, create_app
 
     _machine(monkeypatch, "AVX2", AVX2_ONLY)
     r = run_bench(BenchArgs(preset="tiny", frames=3, warmup=1, recompute=False))

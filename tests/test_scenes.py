@@ -77,8 +77,8 @@ def test_page_level_selector_restarts_at_the_chosen_scene(tmp_path: Path) -> Non
     from fastapi.testclient import TestClient
 
     from app.engine_spec import EngineSpec
-    from app.protocol import Record, Reset
-    from app.server import ServeArgs, create_app
+    from app.play.protocol import Record, Reset
+    from app.play.server import ServeArgs, create_app
 
     spec = EngineSpec(preset="small", dtype="fp32")  # 160x120 frames, like the shipped scenes
     app = create_app(ServeArgs(recordings=str(tmp_path), max_sessions=1), spec, page=False)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from app.attacks import hostile_messages
-from app.protocol import ProtocolError, parse
+from app.play.protocol import ProtocolError, parse
 
 
 def test_hostile_messages_are_all_refused_by_the_parser() -> None:

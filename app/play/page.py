@@ -2,7 +2,7 @@
 ``/ws`` directly. Gradio serves and themes the page; frames never go through Gradio's queue
 (its image streaming writes a file per frame and has no input channel).
 
-The page's HTML, CSS and JavaScript live in ``app/web/`` as plain files.
+The page's HTML, CSS and JavaScript live in ``app/play/web/`` as plain files.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 import gradio as gr
 
-from app.controls import KEY_TO_BUTTON, KEYS, PAD_LABELS
+from app.play.controls import KEY_TO_BUTTON, KEYS, PAD_LABELS
 from engine.action import BUTTONS
 
 WEB = Path(__file__).with_name("web")

@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from app.controls import to_action
-from app.protocol import MAX_SEED, Input, Record, Reset
-from app.recorder import EventLog, Recorder, describe_error, event_reset, event_step
+from app.play.controls import to_action
+from app.play.protocol import MAX_SEED, Input, Record, Reset
+from app.play.recorder import EventLog, Recorder, describe_error, event_reset, event_step
 from app.scenes import GENERATED, SceneStarter
 from engine.engine import Engine
 from engine.types import Frame

@@ -2,10 +2,10 @@
 
 Routes (FastAPI, defined before Gradio is mounted at "/", which would shadow them)::
 
-    /ws                         the play socket (protocol: app/protocol.py)
+    /ws                         the play socket (protocol: app/play/protocol.py)
     /healthz                    JSON: model, sessions, server CPU
     /recordings/{id}.mp4        a recording (also {id}.actions.jsonl, {id}.meta.json); ids, never paths
-    /                           the Gradio page (app/page.py)
+    /                           the Gradio page (app/play/page.py)
 
 Per connection: a receive loop that only updates the session's input and queues commands, and a
 sender task that paces frames at the session's FPS. Every engine call runs in one worker thread
@@ -33,10 +33,10 @@ from fastapi import FastAPI, HTTPException, Request, WebSocket
 from fastapi.responses import FileResponse, JSONResponse
 
 from app.engine_spec import EngineSpec
-from app.protocol import Input, Pause, ProtocolError, RateLimit, Record, Reset, Stats, parse
-from app.recorder import check_writable_dir
+from app.play.protocol import Input, Pause, ProtocolError, RateLimit, Record, Reset, Stats, parse
+from app.play.recorder import check_writable_dir
+from app.play.session import FrameOut, PlaySession, SessionInfo, Tick
 from app.scenes import SceneStarter, available_starts, resolve_start
-from app.session import FrameOut, PlaySession, SessionInfo, Tick
 from engine.action import NOOP
 from engine.decoder import StandInDecoder
 from engine.engine import Engine
@@ -44,7 +44,7 @@ from engine.precision import hardware
 
 log = logging.getLogger("worldstream.server")
 T = TypeVar("T")
-CLOSE_POLICY = 1008  # wrong or missing token; an input flood (app/protocol.py RateLimit)
+CLOSE_POLICY = 1008  # wrong or missing token; an input flood (app/play/protocol.py RateLimit)
 CLOSE_FULL = 1013  # "try again later": the server is full
 CLOSE_ERROR = 1011  # the server failed (details in its log, never sent)
 MAX_PENDING = 256  # control messages queued for a client that does not read
@@ -354,7 +354,7 @@ def create_app(args: ServeArgs, spec: EngineSpec, page: bool = True) -> FastAPI:
     if page:
         import gradio as gr
 
-        from app.page import build_page
+        from app.play.page import build_page
 
         demo, css, head = build_page(hub.info.model, args.fps, *hub.frame_size)
         app = gr.mount_gradio_app(app, demo, path="/", css=css, head=head, footer_links=[])

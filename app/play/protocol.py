@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from app.controls import Gamepad
+from app.play.controls import Gamepad
 
 MAX_MESSAGE_BYTES = 4096
 MAX_KEYS = 32

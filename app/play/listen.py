@@ -1,6 +1,6 @@
 """Listening and running the play server: the socket bound before the model loads, uvicorn
 configured as play needs it, and the same server in a thread for tests and probes.
-(Routes and connections: app/server.py.)"""
+(Routes and connections: app/play/server.py.)"""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from app.engine_spec import EngineSpec
-from app.server import SEND_BUFFER, ServeArgs, create_app
+from app.play.server import SEND_BUFFER, ServeArgs, create_app
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -1,0 +1,1 @@
+"""The play server: controls -> protocol -> session -> server (+ page, web/) -> recorder; listen runs it."""
