@@ -78,13 +78,14 @@ class EngineSpec:
     def name(self) -> str:
         return Path(self.model).name if self.model is not None else f"preset:{self.preset} (random weights)"
 
-    def build(self, slots: int = 1) -> Engine:
-        """The engine on slot 0 of a runner with ``slots`` cache slots (more sessions:
-        ``Engine(engine.runner, engine.decoder, slot=k)``)."""
+    def build(self, slots: int = 1, speculate: int = 0) -> Engine:
+        """The engine on slot 0 of a runner with ``slots`` cache slots (more rollouts: an
+        ``engine.scheduler.Scheduler`` on it), able to draft ``speculate`` frames ahead."""
         config = self.config()
         set_threads(self.threads)
         opts: dict[str, Any] = dict(device=self.device, dtype=DTYPES[self.dtype], slots=slots,
-                                    sampler=config.sampler, compile=self.compile)
+                                    sampler=config.sampler, compile=self.compile,
+                                    spare_frames=max(2, speculate + 1))
         if self.model is not None:
             return Engine.from_checkpoint(self.model, **opts)
         return Engine.build(config, seed=self.weight_seed, **opts)

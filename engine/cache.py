@@ -21,6 +21,7 @@ ring frame not yet overwritten), only to validate ``commit``/``rollback`` with c
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -74,25 +75,30 @@ class CacheContext:
     """Where one forward's new frames go in the cache, and what each of them attends.
 
     Built by ``KVCache.context``; used by the model's layers through ``append``. Nothing here is
-    committed: that is the engine's call (``KVCache.commit``).
+    committed: that is the engine's call (``KVCache.commit``). The forward's batch rows are the
+    cache slots ``slots`` (any set of slots: the batch of every rollout in a scheduler tick).
     """
 
-    def __init__(self, cache: KVCache, slots: slice, frame_index: torch.Tensor,
+    def __init__(self, cache: KVCache, slots: list[int], frame_index: torch.Tensor,
                  write_index: torch.Tensor, mask: torch.Tensor) -> None:
         self.cache = cache
         self.slots = slots
+        # Consecutive slots are a view of the buffers; others are gathered (a copy per layer).
+        self._view = slice(slots[0], slots[-1] + 1) if slots == list(range(slots[0], slots[-1] + 1)) else None
+        self._index = None if self._view is not None else torch.tensor(slots, device=cache.device)
         self.frame_index = frame_index  # (B, F) absolute frame number of each new frame
         self.write_index = write_index  # (B, F*N) buffer row of each new token
         self.mask = mask  # (B, 1, F*N, (S+R)*N) bool
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write this forward's K/V (B, H, F*N, Dh) for ``layer``; return the slots' full K/V."""
-        k_buf = self.cache.k[layer][self.slots]  # (B, H, (S+R)*N, Dh), a view
-        v_buf = self.cache.v[layer][self.slots]
-        for b in range(k.shape[0]):  # index_copy_ is several times faster than a batched scatter_
-            k_buf[b].index_copy_(1, self.write_index[b], k[b].to(k_buf.dtype))
-            v_buf[b].index_copy_(1, self.write_index[b], v[b].to(v_buf.dtype))
-        return k_buf, v_buf
+        k_all, v_all = self.cache.k[layer], self.cache.v[layer]
+        for b, slot in enumerate(self.slots):  # index_copy_ is several times faster than a batched scatter_
+            k_all[slot].index_copy_(1, self.write_index[b], k[b].to(k_all.dtype))
+            v_all[slot].index_copy_(1, self.write_index[b], v[b].to(v_all.dtype))
+        if self._view is not None:
+            return k_all[self._view], v_all[self._view]
+        return k_all.index_select(0, self._index), v_all.index_select(0, self._index)
 
 
 class KVCache:
@@ -186,22 +192,31 @@ class KVCache:
         return per + self.lengths.numel() * self.lengths.element_size()
 
     # ----------------------------------------------------------------- the step's view
-    def context(self, slot: int, frames: int, batch: int = 1) -> CacheContext:
-        """Prepare a forward of ``frames`` new frames for slots [slot, slot + batch).
+    def context(self, slot: int | Sequence[int], frames: int, batch: int = 1) -> CacheContext:
+        """Prepare a forward of ``frames`` new frames for slots [slot, slot + batch), or for the
+        slots listed in ``slot`` (batch row b = the b-th listed slot; each attends only its own
+        sinks + window, whatever the others' lengths).
 
         Device-side only: positions come from ``self.lengths``; no host sync. Updates the host
         floor (the new frames overwrite the ring's oldest ``frames`` entries).
         """
         if not 1 <= frames <= self.shape.spare_frames:
             raise ValueError(f"context: frames={frames} outside [1, {self.shape.spare_frames}]")
-        if batch < 1 or slot < 0 or slot + batch > self.shape.slots:
-            raise IndexError(f"slots [{slot}, {slot + batch}) out of range [0, {self.shape.slots})")
-        for s in range(slot, slot + batch):
-            self._appended[s] = frames
-            self._floor[s] = max(self._floor[s], self._lengths[s] + frames - self._r)
-        sl = slice(slot, slot + batch)
+        slots = list(range(slot, slot + batch)) if isinstance(slot, int) else [int(x) for x in slot]
+        if not slots or len(set(slots)) != len(slots):
+            raise ValueError(f"context: slots must be distinct and at least one, got {slots}")
+        for x in slots:
+            if not 0 <= x < self.shape.slots:
+                raise IndexError(f"slot {x} out of range [0, {self.shape.slots})")
+        for x in slots:
+            self._appended[x] = frames
+            self._floor[x] = max(self._floor[x], self._lengths[x] + frames - self._r)
+        batch = len(slots)
         s, r, w, n = self._s, self._r, self._w, self._n
-        lengths = self.lengths[sl]  # (B,)
+        if slots == list(range(slots[0], slots[0] + batch)):
+            lengths = self.lengths[slots[0]: slots[0] + batch]  # (B,)
+        else:
+            lengths = self.lengths[torch.tensor(slots, device=self.device)]
         new = lengths[:, None] + torch.arange(frames, device=self.device)  # (B, F)
         end = lengths[:, None] + frames  # (B, 1) frames present after the write
 
@@ -217,7 +232,7 @@ class KVCache:
         buffer_frame = torch.where(new < s, new, s + torch.remainder(new - s, r))  # (B, F)
         rows = buffer_frame[:, :, None] * n + self._token_offsets  # (B, F, N)
         write_index = rows.reshape(batch, frames * n)
-        return CacheContext(self, sl, new, write_index, mask)
+        return CacheContext(self, slots, new, write_index, mask)
 
 
 class FullContext:

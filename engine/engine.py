@@ -37,7 +37,7 @@ from engine.tokenizer import TokenizerDecoder, has_tokenizer, load_tokenizer
 from engine.types import Frame
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Context:
     """A finished frame as context: its latent at the context noise level, its action, and its
     predecessor's context latent and level (read by copy-prior models; zeros at level 1 for a
@@ -48,6 +48,18 @@ class _Context:
     action: torch.Tensor  # (1, 1, A)
     prev: torch.Tensor  # (1, 1, C, h, w)
     prev_sigma: torch.Tensor  # (1, 1)
+
+
+@dataclass(frozen=True)
+class _Mark:
+    """A rollout's state before a draft: what a rejected draft restores."""
+
+    t: int
+    pending: _Context | None
+    last: _Context | None
+    history: list[_Context]
+    generator: torch.Tensor
+    length: int  # committed cache frames
 
 
 class Engine:
@@ -73,21 +85,24 @@ class Engine:
         self._pending: _Context | None = None  # cached mode: last frame, not yet in the cache
         self._history: list[_Context] = []  # recompute mode: sinks + window
         self._last: _Context | None = None  # the newest finished frame (the next one's predecessor)
+        self._drafts: list[tuple[_Mark, Frame]] = []  # frames generated ahead, oldest first
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def build(cls, config: EngineConfig, model: DiT | None = None, *, device: str = "cpu",
               dtype: torch.dtype = torch.float32, seed: int = 0, attention: str = "auto",
               compile: bool = False, slots: int = 1, recompute: bool = False,
-              decoder: FrameDecoder | None = None, sampler: SamplerConfig | None = None) -> Engine:
+              decoder: FrameDecoder | None = None, sampler: SamplerConfig | None = None,
+              spare_frames: int = 2) -> Engine:
         """An engine for ``config``; without ``model``, random weights from ``seed``; without
-        ``decoder``, the untrained stand-in; ``sampler`` overrides the config's sampler."""
+        ``decoder``, the untrained stand-in; ``sampler`` overrides the config's sampler;
+        ``spare_frames`` bounds how far a rollout can draft ahead (``spare_frames - 1``)."""
         if sampler is not None:
             config = dataclasses.replace(config, sampler=sampler)
         if model is None:
             model = DiT(config.model)
             model.init_weights(torch.Generator().manual_seed(seed))
-        runner = Runner(config, model, device=device, dtype=dtype, slots=slots,
+        runner = Runner(config, model, device=device, dtype=dtype, slots=slots, spare_frames=spare_frames,
                         attention=attention, compile=compile)
         if decoder is None:
             decoder = StandInDecoder(config, device=device)
@@ -115,8 +130,8 @@ class Engine:
     # ------------------------------------------------------------------ the loop
     @property
     def frame_index(self) -> int:
-        """t of the last frame returned (-1 before ``reset``)."""
-        return self._t
+        """t of the last frame returned (-1 before ``reset``); drafts not yet taken do not count."""
+        return self._t - len(self._drafts)
 
     @torch.inference_mode()
     def reset(self, seed: int = 0, context: torch.Tensor | None = None,
@@ -127,6 +142,7 @@ class Engine:
         self._generator.manual_seed(seed)
         self.runner.cache.reset(self.slot)
         self._pending, self._history, self._last, self._t = None, [], None, -1
+        self._drafts = []
         if context is None:
             return self.step(NOOP)
         if context.ndim != 4 or context.shape[0] < 1 or tuple(context.shape[1:]) != self._latent_shape[1:]:
@@ -138,34 +154,20 @@ class Engine:
             raise ValueError(f"{k} context frames need {k - 1} actions (a_1..a_{k - 1}), got {len(acts) - 1}")
         latents = context.to(self.device, torch.float32)
         for i in range(k):
-            self._finish(i, latents[i : i + 1], actions_to_tensor([acts[i]], self.device).view(1, 1, -1))
-            if not self.recompute:
+            if self._pending is not None:
                 self._commit_pending()
+            self._finish(i, latents[i : i + 1], actions_to_tensor([acts[i]], self.device).view(1, 1, -1))
+        # The last context frame stays pending: like any finished frame, it rides along with the
+        # next frame's first forward (so every rollout's steady step is the same 2-frame forward).
         self._t = k - 1
         rgb = self.decoder.decode(latents[-1:])[0].cpu().numpy()
         return Frame(index=k - 1, action=None if k == 1 else acts[-1], rgb=rgb, latent=latents[-1])
 
-    @torch.inference_mode()
     def step(self, action: Action) -> Frame:
-        """Generate x_t for a_t = ``action`` (t = previous index + 1)."""
-        if not isinstance(action, Action):
-            raise TypeError(f"step() takes an engine.action.Action, got {type(action).__name__}")
-        timer = StageTimer(self.device)
-        t = self._t + 1
-        a = actions_to_tensor([action], self.device).view(1, 1, -1)  # (1, 1, A)
-        noise = torch.randn(self._latent_shape, generator=self._generator, device=self.device)
-        denoise = self._denoiser_recompute(t, a) if self.recompute else self._denoiser_cached(a)
-        x0 = self._sampler(denoise, noise, self._sigmas, self._generator)  # (1, C, h, w)
-        clip = self.config.model.latent_clip
-        if clip > 0:  # a rollout must stay where the tokenizer's latents live, or it feeds on its own blow-up
-            x0 = x0.clamp(-clip, clip)
-        self._finish(t, x0, a)
-        timer.mark("model")
-        rgb = self.decoder.decode(x0)[0].cpu().numpy()
-        timer.mark("decode")
-        self._t = t
-        return Frame(index=t, action=None if t == 0 else action, rgb=rgb, latent=x0[0],
-                     timings_ms=timer.result())
+        """Generate x_t for a_t = ``action`` (t = previous index + 1). A draft made for this
+        action (``draft``) is returned at once; a draft for another action is rolled back first."""
+        taken = self.take_draft(action)
+        return taken if taken is not None else generate([self], [action])[0]
 
     def stream(self, actions: Iterable[Action]) -> Iterator[Frame]:
         """Yield x_t for each a_t in ``actions`` (call ``reset`` first)."""
@@ -176,15 +178,61 @@ class Engine:
 
     def fork(self, slot: int) -> Engine:
         """A second rollout on ``slot`` of the same runner that continues from this one's state;
-        the two then evolve independently (different actions, or the same ones identically)."""
+        the two then evolve independently (different actions, or the same ones identically).
+        This rollout's drafts are rolled back first."""
         if slot == self.slot:
             raise ValueError("fork needs a different slot")
+        self.cancel_drafts()
         other = Engine(self.runner, self.decoder, slot=slot, recompute=self.recompute)
         self.runner.cache.fork(self.slot, slot)
         other._generator.set_state(self._generator.get_state())
         other._t, other._pending, other._history = self._t, self._pending, list(self._history)
         other._last = self._last
         return other
+
+    # ------------------------------------------------------------------ speculative frames
+    @property
+    def drafts(self) -> int:
+        """Frames generated ahead (``draft``) and not yet taken."""
+        return len(self._drafts)
+
+    @property
+    def draft_action(self) -> Action | None:
+        """The action the newest draft assumed (None without drafts)."""
+        return self._drafts[-1][1].action if self._drafts else None
+
+    def draft(self, action: Action) -> Frame:
+        """Generate the next frame under ``action`` ahead of time, without returning it as
+        taken: ``step`` with the same action takes it, any other action rolls it back."""
+        return generate([self], [action], draft=True)[0]
+
+    def take_draft(self, action: Action) -> Frame | None:
+        """The oldest draft if it was made for ``action``; else roll every draft back (the
+        rollout is then bit for bit where it was before drafting) and return None."""
+        if not self._drafts:
+            return None
+        mark, frame = self._drafts[0]
+        if frame.action == action:
+            self._drafts.pop(0)
+            return dataclasses.replace(frame, timings_ms={"model": 0.0, "decode": 0.0, "total": 0.0,
+                                                          "drafted_ms": frame.timings_ms.get("total", 0.0)})
+        self._restore(mark)
+        return None
+
+    def cancel_drafts(self) -> None:
+        """Roll every draft back."""
+        if self._drafts:
+            self._restore(self._drafts[0][0])
+
+    def _mark(self) -> _Mark:
+        return _Mark(self._t, self._pending, self._last, list(self._history), self._generator.get_state(),
+                     self.runner.cache.length(self.slot))
+
+    def _restore(self, mark: _Mark) -> None:
+        self.runner.cache.rollback(self.slot, self.runner.cache.length(self.slot) - mark.length)
+        self._t, self._pending, self._last, self._history = mark.t, mark.pending, mark.last, mark.history
+        self._generator.set_state(mark.generator)
+        self._drafts = []
 
     # ------------------------------------------------------------------ internals
     def _finish(self, index: int, x0: torch.Tensor, action: torch.Tensor) -> None:
@@ -218,25 +266,6 @@ class Engine:
         self.runner.cache.commit(self.slot, 1)
         self._pending = None
 
-    def _denoiser_cached(self, action: torch.Tensor) -> Denoiser:
-        prev, prev_sigma = self._predecessor()
-
-        def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-            sig = sigma.reshape(1, 1)
-            p = self._pending
-            if p is None:
-                return self.runner.forward(self.slot, x[:, None], sig, action, prev, prev_sigma)[:, 0]
-            # Fold: the previous frame's clean K/V is written by this frame's first forward.
-            xs = torch.cat([p.latent, x[:, None]], dim=1)  # (1, 2, C, h, w)
-            v = self.runner.forward(self.slot, xs, torch.cat([self._sigma_ctx, sig], dim=1),
-                                    torch.cat([p.action, action], dim=1), torch.cat([p.prev, prev], dim=1),
-                                    torch.cat([p.prev_sigma, prev_sigma], dim=1))
-            self.runner.cache.commit(self.slot, 1)
-            self._pending = None
-            return v[:, 1]
-
-        return denoise
-
     def _denoiser_recompute(self, t: int, action: torch.Tensor) -> Denoiser:
         hist = self._history
         index = torch.tensor([[h.index for h in hist] + [t]], device=self.device)  # (1, F)
@@ -253,3 +282,102 @@ class Engine:
             return self.runner.forward_full(xs, sig, acts, index, prevs, prev_sigmas)[:, -1]
 
         return denoise
+
+
+# ---------------------------------------------------------------------- one frame per rollout
+def _same(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(list(parts))
+
+
+def _denoiser_batched(engines: Sequence[Engine], action: torch.Tensor, prev: torch.Tensor,
+                      prev_sigma: torch.Tensor) -> Denoiser:
+    """denoise(x (B, C, h, w), sigma) for B rollouts of one runner: one forward for the rollouts
+    whose previous frame is still pending (it rides along: 2 frames each, then committed) and
+    one for the others (1 frame each); in steady state every rollout is in the first."""
+    runner = engines[0].runner
+    sigma_ctx = engines[0]._sigma_ctx
+
+    def forward(rows: list[int], x: torch.Tensor, sig: torch.Tensor) -> torch.Tensor:
+        slots = [engines[i].slot for i in rows]
+        whole = len(rows) == len(engines)
+        pick = (lambda t: t) if whole else (lambda t: t[rows])
+        xr, ar, pr, psr = pick(x)[:, None], pick(action), pick(prev), pick(prev_sigma)
+        sg = sig.reshape(1, 1).expand(len(rows), 1)
+        pend = [engines[i]._pending for i in rows]
+        if pend[0] is None:
+            return runner.forward(slots, xr, sg, ar, pr, psr)[:, 0]
+        ps = [p for p in pend if p is not None]
+        xs = torch.cat([_same([p.latent for p in ps]), xr], dim=1)  # (B, 2, C, h, w)
+        v = runner.forward(slots, xs, torch.cat([sigma_ctx.expand(len(rows), 1), sg], dim=1),
+                           torch.cat([_same([p.action for p in ps]), ar], dim=1),
+                           torch.cat([_same([p.prev for p in ps]), pr], dim=1),
+                           torch.cat([_same([p.prev_sigma for p in ps]), psr], dim=1))
+        for i in rows:
+            runner.cache.commit(engines[i].slot, 1)
+            engines[i]._pending = None
+        return v[:, 1]
+
+    def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        folded = [i for i, e in enumerate(engines) if e._pending is not None]
+        fresh = [i for i, e in enumerate(engines) if e._pending is None]
+        if not folded or not fresh:
+            return forward(folded or fresh, x, sigma)
+        v = torch.empty_like(x)
+        v[folded] = forward(folded, x, sigma)
+        v[fresh] = forward(fresh, x, sigma)
+        return v
+
+    return denoise
+
+
+@torch.inference_mode()
+def generate(engines: Sequence[Engine], actions: Sequence[Action], draft: bool = False) -> list[Frame]:
+    """x_t for every rollout in ``engines`` (distinct slots of one runner), each under its
+    action: one batched forward per denoising step, one batched decode. Each rollout draws its
+    noise from its own generator, so its frames do not depend on who else is in the batch
+    (beyond float rounding). ``draft``: the frames are kept as drafts (see ``Engine.draft``).
+    The one generation step: ``Engine.step``, the scheduler and the env all come here."""
+    if len(engines) != len(actions) or not engines:
+        raise ValueError(f"{len(engines)} rollouts and {len(actions)} actions")
+    for action in actions:
+        if not isinstance(action, Action):
+            raise TypeError(f"a step takes an engine.action.Action, got {type(action).__name__}")
+    first = engines[0]
+    if any(e.runner is not first.runner or e.decoder is not first.decoder for e in engines):
+        raise ValueError("a batch needs rollouts of one runner and one decoder")
+    if len({e.slot for e in engines}) != len(engines):
+        raise ValueError("a batch needs distinct rollouts (slots)")
+    if not draft and any(e._drafts for e in engines):
+        raise ValueError("a rollout with drafts must take or cancel them first (Engine.step does)")
+    marks = [e._mark() for e in engines] if draft else []
+    timer = StageTimer(first.device)
+    ts = [e._t + 1 for e in engines]
+    a = _same([actions_to_tensor([act], first.device).view(1, 1, -1) for act in actions])  # (B, 1, A)
+    noise = _same([torch.randn(first._latent_shape, generator=e._generator, device=first.device)
+                   for e in engines])  # (B, C, h, w)
+    if first.recompute:
+        x0 = _same([first._sampler(e._denoiser_recompute(t, a[i : i + 1]), noise[i : i + 1], e._sigmas, e._generator)
+                    for i, (e, t) in enumerate(zip(engines, ts, strict=True))])
+    else:
+        preds = [e._predecessor() for e in engines]
+        prev = _same([p[0] for p in preds])  # (B, 1, C, h, w)
+        prev_sigma = _same([p[1] for p in preds])  # (B, 1)
+        gens = first._generator if len(engines) == 1 else [e._generator for e in engines]
+        x0 = first._sampler(_denoiser_batched(engines, a, prev, prev_sigma), noise, first._sigmas, gens)
+    clip = first.config.model.latent_clip
+    if clip > 0:  # a rollout must stay where the tokenizer's latents live, or it feeds on its own blow-up
+        x0 = x0.clamp(-clip, clip)
+    for i, (e, t) in enumerate(zip(engines, ts, strict=True)):
+        e._finish(t, x0[i : i + 1], a[i : i + 1])
+    timer.mark("model")
+    rgb = first.decoder.decode(x0).cpu().numpy()
+    timer.mark("decode")
+    ms = timer.result()
+    frames = []
+    for i, (e, t, act) in enumerate(zip(engines, ts, actions, strict=True)):
+        e._t = t
+        frame = Frame(index=t, action=None if t == 0 else act, rgb=rgb[i], latent=x0[i], timings_ms=dict(ms))
+        if draft:
+            e._drafts.append((marks[i], frame))
+        frames.append(frame)
+    return frames

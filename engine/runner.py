@@ -7,6 +7,8 @@ never commits: the engine decides what becomes context.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from engine.cache import CacheShape, FullContext, KVCache
@@ -42,14 +44,15 @@ class Runner:
     def attention(self) -> str:
         return self.model.backend.name
 
-    def forward(self, slot: int, x: torch.Tensor, sigma: torch.Tensor, action: torch.Tensor,
+    def forward(self, slot: int | Sequence[int], x: torch.Tensor, sigma: torch.Tensor, action: torch.Tensor,
                 prev: torch.Tensor | None = None, prev_sigma: torch.Tensor | None = None) -> torch.Tensor:
-        """Run F new frames of one slot against its cache; their K/V are appended, uncommitted.
+        """Run F new frames of one slot (or of each listed slot: batch row b = slot[b]) against
+        its cache; their K/V are appended, uncommitted.
 
-        x: (1, F, C, h, w), sigma: (1, F), action: (1, F, A) -> velocity (1, F, C, h, w).
+        x: (B, F, C, h, w), sigma: (B, F), action: (B, F, A) -> velocity (B, F, C, h, w).
         prev (1, F, C, h, w) / prev_sigma (1, F): each frame's predecessor, for copy-prior models.
         """
-        ctx = self.cache.context(slot, x.shape[1])
+        ctx = self.cache.context(slot, x.shape[1], batch=x.shape[0] if isinstance(slot, int) else 1)
         return self._model(x, sigma, action, ctx, prev, prev_sigma)
 
     def forward_full(self, x: torch.Tensor, sigma: torch.Tensor, action: torch.Tensor,

@@ -10,14 +10,26 @@ sees the model or the cache: the engine passes a ``denoise(x, sigma) -> velocity
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
 from engine.config import SamplerConfig
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-Sampler = Callable[[Denoiser, torch.Tensor, torch.Tensor, torch.Generator | None], torch.Tensor]
+Generators = torch.Generator | Sequence[torch.Generator] | None
+Sampler = Callable[[Denoiser, torch.Tensor, torch.Tensor, Generators], torch.Tensor]
+
+
+def noise_like(x: torch.Tensor, generator: Generators = None) -> torch.Tensor:
+    """Fresh standard-normal noise shaped like ``x``. A sequence of generators gives row ``i``
+    of the batch from generator ``i``: a rollout draws the same noise alone or in any batch."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    if len(generator) != x.shape[0]:
+        raise ValueError(f"{len(generator)} generators for a batch of {x.shape[0]}")
+    return torch.cat([torch.randn((1, *x.shape[1:]), generator=g, device=x.device, dtype=x.dtype)
+                      for g in generator])
 
 
 # ---------------------------------------------------------------------------- schedules
@@ -42,7 +54,7 @@ def make_sigmas(cfg: SamplerConfig, device: torch.device | str = "cpu") -> torch
 
 # ---------------------------------------------------------------------------- samplers
 def sample_euler(denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: Generators = None) -> torch.Tensor:
     """Deterministic Euler integration of the flow ODE (the teacher's sampler)."""
     for i in range(len(sigmas) - 1):
         x = x + (sigmas[i + 1] - sigmas[i]) * denoise(x, sigmas[i])
@@ -50,7 +62,7 @@ def sample_euler(denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor,
 
 
 def sample_consistency(denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
+                       generator: Generators = None) -> torch.Tensor:
     """Multi-step consistency sampling (the student's): jump to x_0, re-noise to the next sigma
     with fresh noise, repeat. With one step it equals one Euler step."""
     x0 = x
@@ -58,8 +70,7 @@ def sample_consistency(denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor,
         x0 = x - sigmas[i] * denoise(x, sigmas[i])
         nxt = sigmas[i + 1]
         if i + 2 < len(sigmas):  # not the last step: back to noise level `nxt`
-            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x = (1 - nxt) * x0 + nxt * noise
+            x = (1 - nxt) * x0 + nxt * noise_like(x, generator)
     return x0
 
 

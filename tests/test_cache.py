@@ -166,8 +166,9 @@ def test_ten_thousand_frames_constant_memory_and_offsets(tiny: EngineConfig) -> 
     worst = {"offset": 0, "frames": 0}
     original = cache.context
 
-    def checked_context(slot: int, frames: int, batch: int = 1):
-        ctx = original(slot, frames, batch)
+    def checked_context(slots: int | list[int], frames: int, batch: int = 1):
+        ctx = original(slots, frames, batch)
+        slot = ctx.slots[0]
         n = m.tokens_per_frame
         frame_mask = ctx.mask[0, 0, ::n, ::n]  # (F, S+R) frames attended by each new frame
         k_frame = torch.cat([torch.arange(m.sink_frames), _ring_frames(cache, slot, frames)])

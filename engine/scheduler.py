@@ -1,0 +1,167 @@
+"""Scheduler: every rollout of one runner gets its frame of a tick from one batched forward.
+
+Rollouts join (a free cache slot) and leave between ticks: continuous batching. A tick's
+``step`` takes the actions of the rollouts that want a frame now; a rollout that is paused, or
+whose client is slow, is simply not in it, so it never stalls the others. Each rollout attends
+only its own sinks + window (the cache builds a per-slot mask from per-slot lengths on the
+device), and draws its noise from its own generator: its frames are the same, up to float
+rounding, whoever else is in the batch.
+
+Speculative action frames: ``draft`` generates, for every rollout whose action has been held
+for ``hold`` ticks, its next frame under that action (one batched forward, sequential steps, so
+an accepted draft is bit for bit the frame made without speculation), at most ``speculate``
+ahead. At the next ``step`` a draft made for the action that arrived is returned at once (no
+model time: speculation buys latency); a draft for another action is rolled back (cache,
+generator, context: nothing of it remains) and the frame is generated as if no draft had been.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+from engine.action import Action
+from engine.decoder import FrameDecoder
+from engine.engine import Engine, generate
+from engine.runner import Runner
+from engine.types import Frame
+
+
+@dataclass
+class SchedulerStats:
+    ticks: int = 0  # step calls with at least one rollout
+    frames: int = 0  # frames returned by step
+    generated: int = 0  # of them, generated in the tick (not taken from a draft)
+    batched: int = 0  # rollouts stepped in a batch of two or more
+    drafted: int = 0  # frames generated ahead
+    accepted: int = 0  # drafts taken
+    discarded: int = 0  # drafts rolled back (the action changed, or the rollout was reset or left)
+
+    @property
+    def acceptance(self) -> float:
+        """Share of resolved drafts that were taken."""
+        done = self.accepted + self.discarded
+        return self.accepted / done if done else 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {**asdict(self), "acceptance": round(self.acceptance, 4)}
+
+
+class Scheduler:
+    """The rollouts of one ``Runner``: join, leave, ``step`` (one tick), ``draft`` (speculation)."""
+
+    def __init__(self, runner: Runner, decoder: FrameDecoder, *, speculate: int = 0, hold: int = 1,
+                 recompute: bool = False) -> None:
+        if speculate < 0 or hold < 1:
+            raise ValueError(f"speculate must be >= 0 and hold >= 1, got {speculate} and {hold}")
+        spare = runner.cache.shape.spare_frames
+        if speculate + 1 > spare:
+            raise ValueError(f"speculate={speculate} needs a cache with spare_frames >= {speculate + 1} "
+                             f"(this one has {spare}); build the runner with spare_frames={speculate + 1}")
+        self.runner, self.decoder = runner, decoder
+        self.speculate, self.hold, self.recompute = speculate, hold, recompute
+        self.stats = SchedulerStats()
+        self._free = list(range(runner.cache.shape.slots))
+        self._rollouts: dict[int, Engine] = {}
+        self._held: dict[int, tuple[Action, int]] = {}  # slot -> (last action stepped, ticks in a row)
+
+    @classmethod
+    def of(cls, engine: Engine, **kwargs: object) -> Scheduler:
+        """A scheduler on ``engine``'s runner and decoder, with ``engine`` as its first rollout."""
+        s = cls(engine.runner, engine.decoder, recompute=engine.recompute, **kwargs)  # type: ignore[arg-type]
+        s._free.remove(engine.slot)
+        s._rollouts[engine.slot] = engine
+        return s
+
+    # ------------------------------------------------------------------ membership
+    @property
+    def rollouts(self) -> list[Engine]:
+        return [self._rollouts[s] for s in sorted(self._rollouts)]
+
+    @property
+    def capacity(self) -> int:
+        return self.runner.cache.shape.slots
+
+    def join(self) -> Engine:
+        """A new rollout on the lowest free slot (``reset`` it before stepping);
+        ``RuntimeError`` when every slot is taken."""
+        if not self._free:
+            raise RuntimeError(f"all {self.capacity} rollout slots are taken")
+        slot = min(self._free)
+        self._free.remove(slot)
+        engine = Engine(self.runner, self.decoder, slot=slot, recompute=self.recompute)
+        self._rollouts[slot] = engine
+        return engine
+
+    def leave(self, engine: Engine) -> None:
+        """Free ``engine``'s slot (its drafts are dropped); the others go on untouched."""
+        self._check(engine)
+        self.stats.discarded += engine.drafts
+        engine.cancel_drafts()
+        del self._rollouts[engine.slot]
+        self._held.pop(engine.slot, None)
+        self._free.append(engine.slot)
+
+    def _check(self, engine: Engine) -> None:
+        if self._rollouts.get(engine.slot) is not engine:
+            raise ValueError(f"rollout on slot {engine.slot} is not one of this scheduler's")
+
+    # ------------------------------------------------------------------ ticks
+    def step(self, requests: Sequence[tuple[Engine, Action]]) -> list[Frame]:
+        """One frame for each (rollout, action), in order: drafts made for that action are
+        taken, the rest generated in one batched forward per denoising step."""
+        if not requests:
+            return []
+        for engine, _ in requests:
+            self._check(engine)
+        if len({e.slot for e, _ in requests}) != len(requests):
+            raise ValueError("a rollout can get one frame per tick")
+        out: list[Frame | None] = []
+        todo: list[int] = []
+        for i, (engine, action) in enumerate(requests):
+            had = engine.drafts
+            frame = engine.take_draft(action)
+            if frame is not None:
+                self.stats.accepted += 1
+            else:
+                self.stats.discarded += had
+                todo.append(i)
+            out.append(frame)
+            last, n = self._held.get(engine.slot, (None, 0))
+            self._held[engine.slot] = (action, n + 1 if action == last else 1)
+        if todo:
+            made = generate([requests[i][0] for i in todo], [requests[i][1] for i in todo])
+            for i, frame in zip(todo, made, strict=True):
+                out[i] = frame
+            self.stats.generated += len(todo)
+            if len(todo) > 1:
+                self.stats.batched += len(todo)
+        self.stats.ticks += 1
+        self.stats.frames += len(requests)
+        return [f for f in out if f is not None]
+
+    def draft(self, only: Sequence[Engine] | None = None) -> int:
+        """Draft one more frame for every rollout (of ``only``, if given) whose action has been
+        held ``hold`` ticks and that has fewer than ``speculate`` drafts: one batched forward.
+        Returns how many frames were drafted (0: nothing to draft)."""
+        if self.speculate == 0:
+            return 0
+        pool = self.rollouts if only is None else list(only)
+        chosen: list[Engine] = []
+        actions: list[Action] = []
+        for engine in pool:
+            self._check(engine)
+            held = self._held.get(engine.slot)
+            if held is None or held[1] < self.hold or engine.drafts >= self.speculate or engine.frame_index < 0:
+                continue
+            chosen.append(engine)
+            actions.append(held[0])
+        if chosen:
+            generate(chosen, actions, draft=True)
+            self.stats.drafted += len(chosen)
+        return len(chosen)
+
+    def forget(self, engine: Engine) -> None:
+        """``engine`` was reset: its held action starts over (its drafts went with the reset)."""
+        self._check(engine)
+        self._held.pop(engine.slot, None)
