@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from app.bench_scheduler import DEFAULT_TRACE, bench_sessions, bench_speculation, format_scheduler, load_trace
 from app.engine_spec import default_model
 from app.play.session import jpeg_bytes
 from engine.action import BUTTONS, Action
@@ -50,6 +51,10 @@ class BenchArgs:
     recompute_frames: int | None = None  # default: min(frames, 30)
     seed: int = 0
     sweep: tuple[str, ...] = ()  # other sampler settings to time: "STEPS" or "KIND:STEPS"
+    sessions: int = 1  # > 1: also N rollouts in one batched forward vs one (app/bench_scheduler.py)
+    speculate: int = 0  # > 0: a trace in real time with k drafts ahead vs none
+    hold: int = 1  # ticks an action is held before drafting
+    trace: str | None = None  # actions for --speculate: suite .json (episode 0) or .actions.jsonl
 
 
 def _actions(n: int, seed: int) -> list[Action]:
@@ -151,8 +156,12 @@ def run_bench(args: BenchArgs) -> dict[str, Any]:
     sweep = parse_sweep(args.sweep, config.sampler)
     m = config.model
     warmup = args.warmup if args.warmup is not None else m.sink_frames + m.window_frames + 2
+    if args.sessions < 1 or args.speculate < 0 or args.hold < 1:
+        raise ValueError("--sessions and --hold must be >= 1, --speculate >= 0")
+    trace = load_trace(args.trace or DEFAULT_TRACE) if args.speculate else []
     opts: dict[str, Any] = dict(device=args.device, dtype=DTYPES[args.dtype], seed=args.seed,
-                                attention=args.attention, compile=args.compile)
+                                attention=args.attention, compile=args.compile, slots=args.sessions,
+                                spare_frames=max(2, args.speculate + 1))
 
     def build(sampler: SamplerConfig) -> Engine:
         if args.model is not None:
@@ -204,6 +213,14 @@ def run_bench(args: BenchArgs) -> dict[str, Any]:
             run = _run(build(sampler), warmup, args.frames, args.seed, f"{sampler.kind} x {sampler.steps}")
             result["sweep"].append({"sampler": sampler.kind, "steps": sampler.steps, "fps": run["fps"],
                                     "ms_per_frame": run["ms_per_frame"]})
+    if args.sessions > 1:
+        result["sessions"] = bench_sessions(engine, args.sessions, warmup, args.frames, args.seed, _actions)
+    if args.speculate:
+        if len(trace) < warmup + 10:
+            raise ValueError(f"--trace has {len(trace)} actions; --speculate needs at least {warmup + 10}")
+        trace = trace[: warmup + args.frames]
+        result["speculation"] = bench_speculation(engine, args.speculate, trace, config.frame.fps, args.seed,
+                                                  warmup, args.hold)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if on_cuda:
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -236,5 +253,6 @@ def format_table(r: dict[str, Any]) -> str:
             t = row["ms_per_frame"]
             lines.append(f"  | {row['sampler']} | {row['steps']} | {t.get('model', 0):.1f} | {t.get('decode', 0):.1f}"
                          f" | {t.get('jpeg', 0):.1f} | {row['fps']:.1f} |")
+    lines += format_scheduler(r)
     lines.append(f"  KV cache {r['cache_mb']:.1f} MiB, peak RSS {r['peak_rss_mb']:.0f} MiB")
     return "\n".join(lines)

@@ -44,6 +44,14 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sweep", type=_items, default=(), metavar="LIST",
                    help="also time these sampler settings in the same run, e.g. 1,2,4,euler:16")
+    p.add_argument("--sessions", type=int, default=1,
+                   help="also time N rollouts stepped together (one batched forward a tick) vs one alone")
+    p.add_argument("--speculate", type=int, default=0, metavar="K",
+                   help="also replay --trace in real time drafting K frames ahead vs not: latency, acceptance")
+    p.add_argument("--hold", type=int, default=1, help="ticks an action must be held before drafting (default 1)")
+    p.add_argument("--trace", default=None, metavar="FILE",
+                   help="actions for --speculate: an eval suite .json (episode 0) or a recording's .actions.jsonl "
+                        "(default: assets/eval/doom-minute.json)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -241,6 +249,10 @@ def _play_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None, help="seed of each session's first rollout (default: random)")
     p.add_argument("--start", default=None, metavar="SCENE",
                    help="start scene: a name in assets/scenes/ or 'generated' (default: map01 if it fits the model)")
+    p.add_argument("--speculate", type=int, default=0, metavar="K",
+                   help="draft up to K frames ahead while a player holds an action, in time left between "
+                        "ticks; a draft for the action that comes is shown at once (default: 0, off)")
+    p.add_argument("--hold", type=int, default=1, help="ticks an action is held before it is drafted (default: 1)")
 
     r = sub.add_parser("record", help="record a rollout to MP4 (headless), or replay a recording exactly",
                        description="Roll out the model headless and write STEM.mp4 + STEM.actions.jsonl + "
@@ -428,7 +440,8 @@ def _play(args: argparse.Namespace) -> int:
 
         spec = dataclasses.replace(spec, threads=serving_threads())
     serve(ServeArgs(host=args.host, port=args.port, token=args.token, max_sessions=args.max_sessions,
-                    fps=args.fps, recordings=args.recordings, seed=args.seed, start=args.start), spec)
+                    fps=args.fps, recordings=args.recordings, seed=args.seed, start=args.start,
+                    speculate=args.speculate, hold=args.hold), spec)
     return 0
 
 

@@ -146,11 +146,10 @@ class Scheduler:
         Returns how many frames were drafted (0: nothing to draft)."""
         if self.speculate == 0:
             return 0
-        pool = self.rollouts if only is None else list(only)
+        pool = self.rollouts if only is None else [e for e in only if self._rollouts.get(e.slot) is e]
         chosen: list[Engine] = []
         actions: list[Action] = []
-        for engine in pool:
-            self._check(engine)
+        for engine in pool:  # (a rollout of ``only`` that left meanwhile is skipped)
             held = self._held.get(engine.slot)
             if held is None or held[1] < self.hold or engine.drafts >= self.speculate or engine.frame_index < 0:
                 continue

@@ -23,7 +23,7 @@ from app.play.listen import bind
 from app.play.protocol import ProtocolError, parse
 from app.play.recorder import EventLog, Recorder, event_reset, event_step, read_events
 from app.play.server import CLOSE_ERROR, CLOSE_POLICY, Connection, ServeArgs, create_app
-from app.play.session import FrameOut, PlaySession, Tick
+from app.play.session import FrameOut, Plan, PlaySession, Tick
 from engine.action import Action
 from tests.conftest import TINY, MakeClient
 from tests.test_play import next_frame, wait_for
@@ -326,14 +326,14 @@ def test_an_engine_failure_closes_only_that_session_and_leaks_no_path(make_clien
     client = make_client(max_sessions=2)
     with client.websocket_connect("/ws") as calm:
         next_frame(calm)
-        original = PlaySession.tick
+        original = PlaySession.begin
 
-        def tick(self: PlaySession, step: bool) -> Tick:
+        def begin(self: PlaySession, step: bool) -> Plan:
             if self.engine.slot == 1:
                 raise FileNotFoundError(2, "No such file", "/srv/secret/weights.bin")
             return original(self, step)
 
-        monkeypatch.setattr(PlaySession, "tick", tick)
+        monkeypatch.setattr(PlaySession, "begin", begin)
         with client.websocket_connect("/ws") as doomed:
             msg = wait_for(doomed, "error")
             assert msg["code"] == "server_error" and "/srv" not in json.dumps(msg)

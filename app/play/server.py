@@ -7,9 +7,12 @@ Routes (FastAPI, defined before Gradio is mounted at "/", which would shadow the
     /recordings/{id}.mp4        a recording (also {id}.actions.jsonl, {id}.meta.json); ids, never paths
     /                           the Gradio page (app/play/page.py)
 
-Per connection: a receive loop that only updates the session's input and queues commands, and a
-sender task that paces frames at the session's FPS. Every engine call runs in one worker thread
-(the model is one set of weights; sessions own cache slots): the event loop never computes.
+Per connection: a receive loop that only updates the session's input and queues commands, and
+one sender task. One tick loop (``Hub._ticks``) makes every session's frame at the server's FPS:
+a single engine call per tick steps all playing sessions in one batched forward through the
+scheduler (engine/scheduler.py), and between ticks, when time is left, drafts the actions players
+hold (``--speculate``). Every engine call runs in one worker thread (one set of weights; sessions
+own cache slots): the event loop never computes, and a slow client only loses its own frames.
 """
 
 from __future__ import annotations
@@ -35,12 +38,13 @@ from fastapi.responses import FileResponse, JSONResponse
 from app.engine_spec import EngineSpec
 from app.play.protocol import Input, Pause, ProtocolError, RateLimit, Record, Reset, Stats, parse
 from app.play.recorder import check_writable_dir
-from app.play.session import FrameOut, PlaySession, SessionInfo, Tick
+from app.play.session import FrameOut, Plan, PlaySession, SessionInfo, Tick
 from app.scenes import SceneStarter, available_starts, resolve_start
 from engine.action import NOOP
 from engine.decoder import StandInDecoder
-from engine.engine import Engine
 from engine.precision import hardware
+from engine.scheduler import Scheduler
+from engine.types import Frame
 
 log = logging.getLogger("worldstream.server")
 T = TypeVar("T")
@@ -66,6 +70,8 @@ class ServeArgs:
     seed: int | None = None  # first rollout's seed (default: random per session)
     start: str | None = None  # start scene (app/scenes.py); None: the default scene when it fits the model
     rate_limit: float = 100.0  # client messages per second (bursts of twice that)
+    speculate: int = 0  # frames drafted ahead while a player holds an action (0 = off)
+    hold: int = 1  # ticks an action is held before drafting
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_sessions <= 64:
@@ -78,6 +84,8 @@ class ServeArgs:
             raise ValueError("rate_limit must be positive")
         if not 0 <= self.port <= 65535:
             raise ValueError("--port must be in 0..65535")
+        if not 0 <= self.speculate <= 8 or self.hold < 1:
+            raise ValueError("--speculate must be in 0..8 and --hold >= 1")
 
 
 class CpuMeter:
@@ -101,26 +109,30 @@ class CpuMeter:
 
 
 class Hub:
-    """The shared engine: weights + a cache with one slot per session, one worker thread."""
+    """The shared engine: weights + a cache with one slot per session, one scheduler that makes
+    every session's frame of a tick in one batched forward, one worker thread, one tick loop."""
 
     def __init__(self, args: ServeArgs, spec: EngineSpec) -> None:
         self.args = args
         recordings = check_writable_dir(args.recordings, "--recordings")  # now, not at the first recording
         try:
-            self._engines = self._warm(spec)
+            self.scheduler = self._warm(spec)
         except Exception as e:  # torch.compile needs a working C++ toolchain; play must still start
             if not spec.compile:
                 raise
             log.warning("torch.compile failed (%s: %s); serving without --compile", type(e).__name__, e)
             spec = dataclasses.replace(spec, compile=False)
-            self._engines = self._warm(spec)
+            self.scheduler = self._warm(spec)
         self.spec = spec  # the effective spec (recordings store it for replay)
-        base = self._engines[0]
-        self._free = list(range(args.max_sessions))
+        base = self._base
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
         self.queue_depth = 0  # engine calls waiting or running
         self.frames_dropped = 0  # frames not sent because their client was behind (all sessions, ever)
         self.cpu = CpuMeter()
+        self.active: list[Connection] = []  # connections in the tick loop
+        self._ticker: asyncio.Task[None] | None = None
+        self._draft_s = 0.0  # running estimate of one draft's duration
+        self.late_ticks = 0  # ticks that began after their time (the engine could not keep up)
         starter = SceneStarter()
         self.decoder = base.decoder.name
         self.hardware = hardware(spec.device)  # fixed for the server's life: read once
@@ -133,27 +145,38 @@ class Hub:
         frame = base.config.frame
         self.frame_size = (frame.width, frame.height)
 
-    def _warm(self, spec: EngineSpec) -> list[Engine]:
-        """An engine per slot, each stepped a few times (with --compile: compiled) before players come."""
-        base = spec.build(slots=self.args.max_sessions)
-        engines = [base] + [Engine(base.runner, base.decoder, slot=k) for k in range(1, self.args.max_sessions)]
-        for engine in engines:
-            engine.reset(0)
+    def _warm(self, spec: EngineSpec) -> Scheduler:
+        """The scheduler, its batched step run a few times at one and at every session (with
+        --compile: compiled for both) before players come; then every slot is free."""
+        n = self.args.max_sessions
+        self._base = base = spec.build(slots=n, speculate=self.args.speculate)
+        sched = Scheduler.of(base, speculate=self.args.speculate, hold=self.args.hold)
+        rollouts = [base] + [sched.join() for _ in range(1, n)]
+        for r in rollouts:
+            r.reset(0)
+        for size in sorted({1, n}):
             for _ in range(3):
-                engine.step(NOOP)
-        return engines
+                sched.step([(r, NOOP) for r in rollouts[:size]])
+        for r in rollouts:
+            sched.leave(r)
+        return sched
 
     @property
     def sessions(self) -> int:
-        return self.args.max_sessions - len(self._free)
+        return len(self.scheduler.rollouts)
 
     def open(self) -> PlaySession | None:
-        if not self._free:
+        """A session on a free slot (engine thread: the scheduler is the engine thread's), or None."""
+        if self.sessions >= self.args.max_sessions:
             return None
-        return PlaySession(self._engines[self._free.pop(0)], self.info)
+        return PlaySession(self.scheduler.join(), self.info)
 
     def release(self, session: PlaySession) -> None:
-        self._free.append(session.engine.slot)
+        """Close its recording and free its slot (engine thread)."""
+        try:
+            session.close()
+        finally:
+            self.scheduler.leave(session.engine)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         self.queue_depth += 1
@@ -162,9 +185,75 @@ class Hub:
         finally:
             self.queue_depth -= 1
 
+    # ------------------------------------------------------------------ the tick loop
+    def attach(self, conn: Connection) -> None:
+        """``conn`` gets a frame every tick from now on (the loop starts with the first one)."""
+        self.active.append(conn)
+        if self._ticker is None or self._ticker.done():
+            self._ticker = asyncio.create_task(self._ticks())
+
+    def detach(self, conn: Connection) -> None:
+        if conn in self.active:
+            self.active.remove(conn)
+
+    async def _ticks(self) -> None:
+        """Every 1/fps: one engine call steps every playing session (paused ones only apply
+        their commands); then, if time is left before the next tick, draft held actions."""
+        period = 1.0 / self.args.fps
+        next_t = time.monotonic()
+        while self.active:
+            conns = list(self.active)
+            for c in conns:
+                c.acknowledge_pause()
+            results = await self.run(self.tick_all, [(c.session, not c.paused) for c in conns])
+            for c, r in zip(conns, results, strict=True):
+                c.deliver(r)
+            if time.monotonic() > next_t + period:
+                self.late_ticks += 1
+            next_t = max(next_t + period, time.monotonic())
+            playing = [c.session.engine for c in self.active if not c.paused]
+            while self.scheduler.speculate and playing and time.monotonic() + self._draft_s < next_t:
+                t0 = time.monotonic()
+                if not await self.run(self.scheduler.draft, playing):
+                    break
+                took = time.monotonic() - t0
+                self._draft_s = took if self._draft_s == 0 else 0.8 * self._draft_s + 0.2 * took
+            await asyncio.sleep(max(0.0, next_t - time.monotonic()))
+
+    def tick_all(self, jobs: list[tuple[PlaySession, bool]]) -> list[Tick | BaseException]:
+        """Engine thread: every session's commands, one batched step for all that play, then
+        each one's recording and JPEG. A failure stays with the sessions it concerns."""
+        plans: list[Plan | BaseException] = []
+        for session, step in jobs:
+            try:
+                plans.append(session.begin(step))
+            except Exception as e:
+                plans.append(e)
+        stepping = [i for i, p in enumerate(plans) if isinstance(p, Plan) and p.action is not None]
+        frames: dict[int, Frame] = {}
+        failed: BaseException | None = None
+        try:
+            made = self.scheduler.step([(jobs[i][0].engine, plans[i].action) for i in stepping])  # type: ignore[union-attr,misc]
+            frames = dict(zip(stepping, made, strict=True))
+        except Exception as e:
+            failed = e
+        out: list[Tick | BaseException] = []
+        for i, ((session, _), plan) in enumerate(zip(jobs, plans, strict=True)):
+            if isinstance(plan, BaseException):
+                out.append(plan)
+            elif failed is not None and i in stepping:
+                out.append(failed)
+            else:
+                try:
+                    out.append(session.end(plan, frames.get(i)))
+                except Exception as e:
+                    out.append(e)
+        return out
+
     def health(self) -> dict[str, Any]:
         return {"ok": True, "model": self.spec.name, "decoder": self.decoder, "dtype": self.spec.dtype,
-                **self.hardware, "sessions": self.sessions,
+                **self.hardware, "sessions": self.sessions, "speculate": self.scheduler.speculate,
+                "scheduler": self.scheduler.stats.as_dict(), "late_ticks": self.late_ticks,
                 "max_sessions": self.args.max_sessions, "target_fps": self.args.fps,
                 "server_cpu_cores": round(self.cpu.read(), 3), "queue_depth": self.queue_depth,
                 "frames_dropped": self.frames_dropped}
@@ -180,9 +269,10 @@ class Connection:
     def __init__(self, ws: WebSocket, hub: Hub, session: PlaySession) -> None:
         self.ws, self.hub, self.session = ws, hub, session
         self.paused = False
-        self.wake = asyncio.Event()  # a command arrived (wakes a paused producer)
         self.ready = asyncio.Event()  # something to send
         self.limit = RateLimit(hub.args.rate_limit, 2 * hub.args.rate_limit)
+        self.told = False  # the pause state last acknowledged to the client
+        self.failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.outbox: collections.deque[str] = collections.deque()
         self.latest: FrameOut | None = None
         self.frames_dropped = 0
@@ -219,23 +309,25 @@ class Connection:
                 await self.ws.send_bytes(frame.jpeg)
 
     async def frames(self) -> None:
-        period = 1.0 / self.hub.args.fps
+        """The session's first frame, then the hub's tick loop makes the others; returns (with
+        the error) only if the engine failed for this session."""
         self.post(await self.hub.run(self.session.start, self.hub.args.seed))
-        next_t = time.monotonic()
-        told = False  # the pause state last acknowledged to the client
-        while True:
-            if self.paused != told:  # acknowledged here, between ticks: after "paused" no stepped frame comes
-                told = self.paused
-                self.post(Tick([json.dumps({"type": "paused", "paused": told})]))
-            if self.paused:
-                await self.wake.wait()
-                self.wake.clear()
-                self.post(await self.hub.run(self.session.tick, False))
-                next_t = time.monotonic()
-                continue
-            self.post(await self.hub.run(self.session.tick, True))
-            next_t = max(next_t + period, time.monotonic())
-            await asyncio.sleep(next_t - time.monotonic())
+        self.hub.attach(self)
+        await self.failed
+
+    def acknowledge_pause(self) -> None:
+        """Called by the tick loop before a tick: after "paused: true" no stepped frame comes."""
+        if self.paused != self.told:
+            self.told = self.paused
+            self.post(Tick([json.dumps({"type": "paused", "paused": self.told})]))
+
+    def deliver(self, result: Tick | BaseException) -> None:
+        if isinstance(result, BaseException):
+            self.hub.detach(self)
+            if not self.failed.done():
+                self.failed.set_exception(result)
+        else:
+            self.post(result)
 
     async def receive(self) -> None:
         while True:
@@ -259,11 +351,9 @@ class Connection:
             if isinstance(m, Input):
                 self.session.set_input(m)
             elif isinstance(m, Reset | Record):
-                self.session.command(m)
-                self.wake.set()
+                self.session.command(m)  # applied by the next tick (paused or not)
             elif isinstance(m, Pause):
-                self.paused = m.paused  # the producer acknowledges it once its tick in flight is done
-                self.wake.set()
+                self.paused = m.paused  # the tick loop acknowledges it once the tick in flight is done
             elif isinstance(m, Stats):
                 h = self.hub.health()
                 stats = self.session.stats(sessions=h["sessions"], max_sessions=h["max_sessions"],
@@ -308,7 +398,7 @@ def create_app(args: ServeArgs, spec: EngineSpec, page: bool = True) -> FastAPI:
                                            "message": "missing or wrong token"}))
             await ws.close(CLOSE_POLICY, "missing or wrong token")
             return
-        session = hub.open()
+        session = await hub.run(hub.open)
         if session is None:
             message = f"server full: {args.max_sessions} sessions are playing; try again later"
             await ws.send_text(json.dumps({"type": "error", "code": "server_full", "message": message}))
@@ -342,10 +432,10 @@ def create_app(args: ServeArgs, spec: EngineSpec, page: bool = True) -> FastAPI:
             for t in tasks:  # a send to a gone client fails: that is a disconnect, not an error
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
-            hub.release(session)  # the slot is reset by its next session's first call
-            # Finalise a recording in progress: queued on the engine thread right here, synchronously,
-            # so a handler cancelled now (or a loop about to stop) still closes the file.
-            closing = hub.executor.submit(session.close)
+            hub.detach(conn)  # no tick after this one includes it
+            # Finalise a recording in progress and free the slot: queued on the engine thread right
+            # here, synchronously, so a handler cancelled now (or a loop about to stop) still does it.
+            closing = hub.executor.submit(hub.release, session)
             closing.add_done_callback(lambda f: f.exception() is not None and log.error(
                 "session %s: closing its recording failed", session.id, exc_info=f.exception()))
             with contextlib.suppress(Exception):

@@ -1,10 +1,14 @@
-"""One player's session: an engine on its own cache slot, the latest input, commands, recording.
+"""One player's session: a rollout (an engine on its own cache slot), the latest input,
+commands, recording.
 
 Threading: the websocket's receive loop (event loop thread) only calls ``set_input`` and
-``command``; everything that touches the engine runs in ``tick``, which the server calls in its
-one engine worker thread. ``tick`` returns the messages to send (text JSON, then binary JPEG).
+``command``; everything that touches the engine runs in the server's one engine worker thread,
+in two halves per tick: ``begin`` (commands; the action to step) and ``end`` (record, encode),
+with the scheduler's batched step of every session in between. ``end`` returns the messages to
+send (text JSON, then binary JPEG).
 
-    receive loop ──set_input/command──> PlaySession ──tick() in worker──> Tick(messages, frame)
+    receive loop ──set_input/command──> PlaySession ──begin()──> scheduler.step(all sessions)
+                                                    <──end(frame)── Tick(messages, frame)
 
 A recording that cannot be written (disk full, a folder gone) stops with a ``recording``
 message of state ``failed``; the session goes on. Messages never carry a server path.
@@ -30,6 +34,7 @@ from app.play.controls import to_action
 from app.play.protocol import MAX_SEED, Input, Record, Reset
 from app.play.recorder import EventLog, Recorder, describe_error, event_reset, event_step
 from app.scenes import GENERATED, SceneStarter
+from engine.action import Action
 from engine.engine import Engine
 from engine.types import Frame
 
@@ -59,6 +64,17 @@ def jpeg_bytes(rgb: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
+
+
+@dataclass
+class Plan:
+    """One session's part of a tick, between ``begin`` and ``end``."""
+
+    out: Tick
+    input: Input
+    action: Action | None = None  # to step (the scheduler makes its frame)
+    frame: Frame | None = None  # made by a reset in ``begin``, or the stepped one
+    event: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -102,33 +118,45 @@ class PlaySession:
             self._commands.append(msg)
 
     # ------------------------------------------------------------------ worker side
-    def tick(self, step: bool) -> Tick:
-        """Apply pending commands, then (if ``step`` or after a reset) make one frame."""
+    def begin(self, step: bool) -> Plan:
+        """A tick's first half: apply pending commands (a reset makes its frame here); the
+        action to step if ``step`` (None: no frame wanted, or the reset's frame is this tick's)."""
         with self._lock:
             commands = list(self._commands)
             self._commands.clear()
             inp = self._input
-        out = Tick()
-        frame: Frame | None = None
-        event: dict[str, Any] | None = None
+        plan = Plan(Tick(), inp)
         for cmd in commands:
             if isinstance(cmd, Reset):
                 if cmd.start is not None and cmd.start not in self.info.starts:
-                    out.messages.append(json.dumps({"type": "error", "message": f"unknown start scene "
-                                                    f"{cmd.start[:64]!r}; choose one of {list(self.info.starts)}"}))
+                    message = f"unknown start scene {cmd.start[:64]!r}; choose one of {list(self.info.starts)}"
+                    plan.out.messages.append(json.dumps({"type": "error", "message": message}))
                     continue
                 self.start_scene = cmd.start or self.start_scene
-                frame, event = self._reset(cmd.seed)
+                plan.frame, plan.event = self._reset(cmd.seed)
             else:
-                out.messages += self._record(cmd.on)
-        if frame is None and step and self.engine.frame_index >= 0:
-            action = to_action(inp.keys, inp.gamepad)
-            frame, event = self.engine.step(action), event_step(action)
-            self.history.add(event)
-        if frame is not None and event is not None:
-            out.messages += self._keep(frame, event)
-            out.frame = self._emit(frame, inp)
-        return out
+                plan.out.messages += self._record(cmd.on)
+        if plan.frame is None and step and self.engine.frame_index >= 0:
+            plan.action = to_action(inp.keys, inp.gamepad)
+        return plan
+
+    def end(self, plan: Plan, frame: Frame | None = None) -> Tick:
+        """A tick's second half: ``frame`` is the one stepped for ``plan.action`` (by the
+        scheduler, batched with every other session's); record it and encode it."""
+        if plan.action is not None:
+            if frame is None:
+                raise ValueError("a planned step needs its frame")
+            plan.frame, plan.event = frame, event_step(plan.action)
+            self.history.add(plan.event)
+        if plan.frame is not None and plan.event is not None:
+            plan.out.messages += self._keep(plan.frame, plan.event)
+            plan.out.frame = self._emit(plan.frame, plan.input)
+        return plan.out
+
+    def tick(self, step: bool) -> Tick:
+        """Both halves with this session's engine alone (headless use and tests)."""
+        plan = self.begin(step)
+        return self.end(plan, self.engine.step(plan.action) if plan.action is not None else None)
 
     def start(self, seed: int | None = None) -> Tick:
         """First frame of the session (x_0)."""
