@@ -8,8 +8,11 @@ ratio over N (1.0 = N sessions cost what one does).
 Speculation: a human-like action trace (an eval suite episode's actions, or a recording's
 actions.jsonl) replayed in real time at the model's frame rate, once without and once with
 drafting. A tick reads its input at its scheduled time; its latency is from then to the frame
-being ready (JPEG included), so time spent behind schedule counts. Between ticks, the drafting
-run drafts the held action's next frame if a draft is expected to finish before the next tick.
+being ready (JPEG included); as in the play server, a loop that falls behind slips its schedule
+rather than queueing ticks. When a tick is done before the next one is due, the drafting run
+drafts the held action's next frame; a draft may run into the next tick (that tick then waits for
+it: the time counts), which is what gets drafting going on a machine whose frame takes most of
+a tick.
 """
 
 from __future__ import annotations
@@ -112,31 +115,29 @@ def _realtime(sched: Scheduler, engine: Engine, trace: list[Action], fps: float,
     stats0 = dict(sched.stats.as_dict())
     period = 1.0 / fps
     latency: list[float] = []
-    draft_s = 0.0  # running estimate of one draft's duration
+    late = 0
     trace = trace[warmup:]
-    start = time.perf_counter()
-    for i, action in enumerate(tqdm(trace, desc=desc, unit="frame", file=sys.stderr, disable=None, leave=False)):
-        due = start + i * period
+    start = next_t = time.perf_counter()
+    for action in tqdm(trace, desc=desc, unit="frame", file=sys.stderr, disable=None, leave=False):
         now = time.perf_counter()
-        if now < due:
-            time.sleep(due - now)
+        if now < next_t:
+            time.sleep(next_t - now)
+        due = next_t  # the input is read now; a draft that ran over makes this tick late
+        late += time.perf_counter() > due + period / 2
         frame = sched.step([(engine, action)])[0]
         jpeg_bytes(frame.rgb)
         latency.append((time.perf_counter() - due) * 1e3)
-        next_due = due + period
-        while sched.speculate and time.perf_counter() + draft_s < next_due:
-            t0 = time.perf_counter()
+        next_t = max(next_t + period, time.perf_counter())  # as the play server: behind, it slips
+        while sched.speculate and time.perf_counter() < next_t:  # idle time: draft the held action
             if not sched.draft([engine]):
                 break
-            took = time.perf_counter() - t0
-            draft_s = took if draft_s == 0 else 0.8 * draft_s + 0.2 * took
     wall = time.perf_counter() - start
     s = sched.stats.as_dict()
     delta = {k: s[k] - stats0[k] for k in ("frames", "generated", "drafted", "accepted", "discarded")}
     resolved = delta["accepted"] + delta["discarded"]
     return {"frames": len(trace), "fps_delivered": len(trace) / wall, "latency_ms_p50": _p(latency, 0.5),
             "latency_ms_p95": _p(latency, 0.95), "latency_ms_mean": statistics.fmean(latency),
-            "acceptance": delta["accepted"] / resolved if resolved else 0.0,
+            "acceptance": delta["accepted"] / resolved if resolved else 0.0, "late_ticks": late,
             "model_frames_per_frame": (delta["generated"] + delta["drafted"]) / max(1, len(trace)), **delta}
 
 
@@ -165,10 +166,12 @@ def format_scheduler(r: dict[str, Any]) -> list[str]:
         p = r["speculation"]
         lines.append(f"  speculation: k={p['k']} hold={p['hold']}, {p['trace_frames']} frames of trace in real time at "
                      f"{p['fps_target']:.1f} FPS ({p['held_fraction']:.0%} of frames repeat the previous action)")
-        lines.append("  | run | input-to-frame p50 / p95 ms | FPS delivered | acceptance | model frames per frame |")
-        lines.append("  |---|---|---|---|---|")
+        lines.append("  | run | input-to-frame p50 / p95 ms | FPS delivered | late ticks | acceptance "
+                     "| model frames per frame |")
+        lines.append("  |---|---|---|---|---|---|")
         for name in ("off", "on"):
             x = p[name]
             lines.append(f"  | {name} | {x['latency_ms_p50']:.1f} / {x['latency_ms_p95']:.1f} "
-                         f"| {x['fps_delivered']:.1f} | {x['acceptance']:.0%} | {x['model_frames_per_frame']:.2f} |")
+                         f"| {x['fps_delivered']:.1f} | {x['late_ticks']} | {x['acceptance']:.0%} "
+                         f"| {x['model_frames_per_frame']:.2f} |")
     return lines

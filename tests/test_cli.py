@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -43,6 +44,27 @@ def test_bench_table_and_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert "checkpoint folder not found" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["bench", "--preset", "huge"])
+
+
+def test_bench_sessions_and_speculation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--sessions: one alone vs N together in one run; --speculate: a trace (here a recording's
+    actions.jsonl, held keys) in real time without and with drafting."""
+    trace = tmp_path / "t.actions.jsonl"
+    steps = [json.dumps({"event": "step", "buttons": ["forward"] if i < 30 else ["turn_left"]}) for i in range(40)]
+    trace.write_text("\n".join([json.dumps({"event": "reset", "seed": 0}), *steps]) + "\n")
+    assert main(["bench", "--preset", "tiny", "--frames", "24", "--no-recompute", "--sessions", "3",
+                 "--speculate", "2", "--trace", str(trace), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    s = r["sessions"]
+    assert s["many"]["sessions"] == 3 and s["one"]["sessions"] == 1
+    assert s["ratio_to_one"] == pytest.approx(s["many"]["aggregate_fps"] / s["one"]["aggregate_fps"])
+    p = r["speculation"]
+    assert p["off"]["drafted"] == 0 and p["off"]["frames"] == p["on"]["frames"] == 24
+    assert p["on"]["drafted"] > 0 and p["on"]["accepted"] > 0 and 0 < p["on"]["acceptance"] <= 1
+    assert main(["bench", "--preset", "tiny", "--speculate", "1", "--trace", str(tmp_path / "none.json")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert main(["bench", "--preset", "tiny", "--sessions", "0"]) == 2
+    assert "--sessions" in capsys.readouterr().err
 
 
 def test_play_and_record_reject_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:

@@ -131,7 +131,6 @@ class Hub:
         self.cpu = CpuMeter()
         self.active: list[Connection] = []  # connections in the tick loop
         self._ticker: asyncio.Task[None] | None = None
-        self._draft_s = 0.0  # running estimate of one draft's duration
         self.late_ticks = 0  # ticks that began after their time (the engine could not keep up)
         starter = SceneStarter()
         self.decoder = base.decoder.name
@@ -198,7 +197,7 @@ class Hub:
 
     async def _ticks(self) -> None:
         """Every 1/fps: one engine call steps every playing session (paused ones only apply
-        their commands); then, if time is left before the next tick, draft held actions."""
+        their commands); then, if the next tick is not due yet, draft held actions."""
         period = 1.0 / self.args.fps
         next_t = time.monotonic()
         while self.active:
@@ -212,12 +211,11 @@ class Hub:
                 self.late_ticks += 1
             next_t = max(next_t + period, time.monotonic())
             playing = [c.session.engine for c in self.active if not c.paused]
-            while self.scheduler.speculate and playing and time.monotonic() + self._draft_s < next_t:
-                t0 = time.monotonic()
+            # Idle until the next tick: draft what players hold (a draft may run into that tick,
+            # which then waits for it; behind schedule, nothing is drafted).
+            while self.scheduler.speculate and playing and time.monotonic() < next_t:
                 if not await self.run(self.scheduler.draft, playing):
                     break
-                took = time.monotonic() - t0
-                self._draft_s = took if self._draft_s == 0 else 0.8 * self._draft_s + 0.2 * took
             await asyncio.sleep(max(0.0, next_t - time.monotonic()))
 
     def tick_all(self, jobs: list[tuple[PlaySession, bool]]) -> list[Tick | BaseException]:
