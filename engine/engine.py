@@ -93,17 +93,18 @@ class Engine:
               dtype: torch.dtype = torch.float32, seed: int = 0, attention: str = "auto",
               compile: bool = False, slots: int = 1, recompute: bool = False,
               decoder: FrameDecoder | None = None, sampler: SamplerConfig | None = None,
-              spare_frames: int = 2) -> Engine:
+              spare_frames: int = 2, batch_invariant: bool | None = None) -> Engine:
         """An engine for ``config``; without ``model``, random weights from ``seed``; without
         ``decoder``, the untrained stand-in; ``sampler`` overrides the config's sampler;
-        ``spare_frames`` bounds how far a rollout can draft ahead (``spare_frames - 1``)."""
+        ``spare_frames`` bounds how far a rollout can draft ahead (``spare_frames - 1``);
+        ``batch_invariant`` (default: on CPU) see ``Runner``."""
         if sampler is not None:
             config = dataclasses.replace(config, sampler=sampler)
         if model is None:
             model = DiT(config.model)
             model.init_weights(torch.Generator().manual_seed(seed))
         runner = Runner(config, model, device=device, dtype=dtype, slots=slots, spare_frames=spare_frames,
-                        attention=attention, compile=compile)
+                        attention=attention, compile=compile, batch_invariant=batch_invariant)
         if decoder is None:
             decoder = StandInDecoder(config, device=device)
         return cls(runner, decoder, recompute=recompute)
@@ -370,7 +371,10 @@ def generate(engines: Sequence[Engine], actions: Sequence[Action], draft: bool =
     for i, (e, t) in enumerate(zip(engines, ts, strict=True)):
         e._finish(t, x0[i : i + 1], a[i : i + 1])
     timer.mark("model")
-    rgb = first.decoder.decode(x0).cpu().numpy()
+    if first.runner.batch_invariant and len(engines) > 1:  # conv kernels, too, pick by batch size
+        rgb = torch.cat([first.decoder.decode(x0[i : i + 1]) for i in range(len(engines))]).cpu().numpy()
+    else:
+        rgb = first.decoder.decode(x0).cpu().numpy()
     timer.mark("decode")
     ms = timer.result()
     frames = []

@@ -14,6 +14,7 @@ import torch
 from engine.cache import CacheShape, FullContext, KVCache
 from engine.config import EngineConfig
 from engine.model.dit import DiT
+from engine.model.layers import Linear
 from engine.precision import separate_compile_cache
 from kernels.attention import get_backend
 
@@ -21,13 +22,20 @@ from kernels.attention import get_backend
 class Runner:
     def __init__(self, config: EngineConfig, model: DiT, *, device: torch.device | str = "cpu",
                  dtype: torch.dtype = torch.float32, slots: int = 1, spare_frames: int = 2,
-                 attention: str = "auto", compile: bool = False) -> None:
+                 attention: str = "auto", compile: bool = False, batch_invariant: bool | None = None) -> None:
         self.config = config
         self.device = torch.device(device)
         self.dtype = dtype
         m = config.model
         self.model = model.to(self.device, dtype).eval().requires_grad_(False)
         self.model.backend = get_backend(attention, self.device)
+        # Batch-invariant (default on CPU): a rollout's frames are bit for bit the same alone or
+        # batched with others (linear layers and decode run per rollout; attention and the
+        # elementwise ops are per row anyway), so any live recording replays exactly.
+        self.batch_invariant = self.device.type == "cpu" if batch_invariant is None else batch_invariant
+        for module in self.model.modules():
+            if isinstance(module, Linear):
+                module.rowwise = self.batch_invariant
         self.cache = KVCache(
             CacheShape(layers=m.depth, slots=slots, heads=m.heads, head_dim=m.head_dim,
                        tokens_per_frame=m.tokens_per_frame, sink_frames=m.sink_frames,

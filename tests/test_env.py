@@ -38,8 +38,8 @@ def test_vector_env_equals_single_envs(tiny: EngineConfig) -> None:
     for i in range(n):
         env = WorldModelEnv(make_engine(tiny), max_steps=None)
         single = [env.reset(seed=100 + i)[0]] + [env.step(a.to_multi_hot())[0] for a in scripts[i]]
-        for t in range(steps + 1):  # float rounding of a batch may move a pixel by a level
-            assert np.abs(got[t][i].astype(int) - single[t].astype(int)).max() <= 2, (i, t)
+        for t in range(steps + 1):  # batch-invariant on CPU: the same pixels
+            assert (got[t][i] == single[t]).all(), (i, t)
 
 
 def test_vector_env_autoresets_on_the_next_step(tiny: EngineConfig) -> None:

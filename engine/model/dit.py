@@ -16,7 +16,7 @@ from torch import nn
 
 from engine.config import ModelConfig
 from engine.model.copy_prior import copy_x0, velocity
-from engine.model.layers import RMSNorm, Rope3D, SigmaEmbedder, modulate, patchify, unpatchify
+from engine.model.layers import Linear, RMSNorm, Rope3D, SigmaEmbedder, modulate, patchify, unpatchify
 from kernels.attention import AttentionBackend, SDPAAttention
 
 
@@ -47,10 +47,10 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.heads, self.head_dim = cfg.heads, cfg.head_dim
-        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)
+        self.qkv = Linear(cfg.dim, 3 * cfg.dim)
         self.q_norm = RMSNorm(cfg.head_dim)
         self.k_norm = RMSNorm(cfg.head_dim)
-        self.proj = nn.Linear(cfg.dim, cfg.dim)
+        self.proj = Linear(cfg.dim, cfg.dim)
 
     def forward(self, x: torch.Tensor, layer: int, inp: AttentionInputs) -> torch.Tensor:
         b, length, _ = x.shape  # (B, L=F*N, D)
@@ -70,9 +70,9 @@ class DiTBlock(nn.Module):
         self.norm1 = nn.LayerNorm(cfg.dim, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(cfg)
         self.norm2 = nn.LayerNorm(cfg.dim, elementwise_affine=False, eps=1e-6)
-        self.mlp = nn.Sequential(nn.Linear(cfg.dim, hidden), nn.GELU(approximate="tanh"),
-                                 nn.Linear(hidden, cfg.dim))
-        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 6 * cfg.dim))
+        self.mlp = nn.Sequential(Linear(cfg.dim, hidden), nn.GELU(approximate="tanh"),
+                                 Linear(hidden, cfg.dim))
+        self.ada = nn.Sequential(nn.SiLU(), Linear(cfg.dim, 6 * cfg.dim))
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, layer: int, inp: AttentionInputs) -> torch.Tensor:
         b, f, n, d = x.shape  # (B, F, N, D)
@@ -97,16 +97,16 @@ class DiT(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.patch_in = nn.Linear(cfg.patch_dim, cfg.dim)
+        self.patch_in = Linear(cfg.patch_dim, cfg.dim)
         self.sigma_embed = SigmaEmbedder(cfg.dim)
-        self.action_embed = nn.Linear(cfg.num_actions, cfg.dim)
+        self.action_embed = Linear(cfg.num_actions, cfg.dim)
         if cfg.copy_prior:
-            self.prev_in = nn.Linear(cfg.patch_dim, cfg.dim)
+            self.prev_in = Linear(cfg.patch_dim, cfg.dim)
             self.prev_sigma_embed = SigmaEmbedder(cfg.dim)
         self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.depth))
         self.norm_out = nn.LayerNorm(cfg.dim, elementwise_affine=False, eps=1e-6)
-        self.ada_out = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 2 * cfg.dim))
-        self.patch_out = nn.Linear(cfg.dim, cfg.patch_dim)
+        self.ada_out = nn.Sequential(nn.SiLU(), Linear(cfg.dim, 2 * cfg.dim))
+        self.patch_out = Linear(cfg.dim, cfg.patch_dim)
         self.rope = Rope3D(cfg.head_dim, cfg.grid, cfg.rope_theta, cfg.sink_frames)
         self.backend: AttentionBackend = SDPAAttention()
 

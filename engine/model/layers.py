@@ -9,6 +9,22 @@ import torch.nn.functional as F
 from torch import nn
 
 
+class Linear(nn.Linear):
+    """``nn.Linear`` (same parameters, same checkpoints) that can run batch-invariant: with
+    ``rowwise`` set, a (B, ...) input is B matrix products of the size one rollout makes. GEMM
+    libraries choose how to split and sum by matrix size (on CPU, a K=1024 product of 160 rows
+    and one of 640 rows differ in the last bits), so without it a rollout's frames would depend
+    on who else shares its batch, and a recording made while others played would not replay
+    bit for bit. The runner sets it for inference on CPU; training leaves it off."""
+
+    rowwise = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.rowwise or x.dim() < 3 or x.shape[0] == 1:
+            return super().forward(x)
+        return torch.cat([super(Linear, self).forward(x[i : i + 1]) for i in range(x.shape[0])])
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """adaLN: x (B, F, N, D), shift/scale (B, F, D), one per frame."""
     return x * (1 + scale[:, :, None]) + shift[:, :, None]
@@ -30,7 +46,7 @@ class SigmaEmbedder(nn.Module):
     def __init__(self, dim: int, freq_dim: int = 256) -> None:
         super().__init__()
         self.freq_dim = freq_dim
-        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.mlp = nn.Sequential(Linear(freq_dim, dim), nn.SiLU(), Linear(dim, dim))
 
     def forward(self, sigma: torch.Tensor) -> torch.Tensor:
         half = self.freq_dim // 2
