@@ -1,9 +1,9 @@
 """``worldstream bench --sessions N`` and ``--speculate K``: the scheduler's two levers, each
 measured against its own baseline in the same run, on the same runner.
 
-Sessions: N rollouts stepped together (one batched forward a tick) vs one rollout alone;
-reports aggregate FPS, per-session FPS, the ratio of aggregate FPS to one session's, and that
-ratio over N (1.0 = N sessions cost what one does).
+Sessions: N rollouts stepped together (one batched forward a tick) vs one rollout alone, in
+alternating blocks; reports aggregate FPS, per-session FPS, the ratio of aggregate FPS to one
+session's, and that ratio over N (1.0 = N sessions cost what one does).
 
 Speculation: a human-like action trace (an eval suite episode's actions, or a recording's
 actions.jsonl) replayed in real time at the model's frame rate, once without and once with
@@ -68,41 +68,44 @@ def held_fraction(actions: list[Action]) -> float:
     return same / max(1, len(actions) - 1)
 
 
-def _timed_ticks(sched: Scheduler, rollouts: list[Engine], scripts: list[list[Action]], ticks: int,
-                 desc: str) -> dict[str, Any]:
-    per_tick: list[float] = []
-    bar = tqdm(range(ticks), desc=desc, unit="tick", file=sys.stderr, disable=None, leave=False)
-    start = time.perf_counter()
-    for t in bar:
-        t0 = time.perf_counter()
-        frames = sched.step([(r, scripts[i][t]) for i, r in enumerate(rollouts)])
-        for f in frames:
-            jpeg_bytes(f.rgb)
-        per_tick.append((time.perf_counter() - t0) * 1e3)
-    wall = time.perf_counter() - start
-    n = len(rollouts)
-    return {"sessions": n, "aggregate_fps": n * ticks / wall, "per_session_fps": ticks / wall,
-            "tick_ms_p50": statistics.median(per_tick), "tick_ms_p95": _p(per_tick, 0.95)}
-
-
 def bench_sessions(engine: Engine, sessions: int, warmup: int, frames: int, seed: int,
-                   actions: Callable[[int, int], list[Action]]) -> dict[str, Any]:
-    """One rollout alone, then ``sessions`` together, on ``engine``'s runner (which needs that
-    many slots). ``actions(n, seed)`` makes each rollout's action stream."""
+                   actions: Callable[[int, int], list[Action]], rounds: int = 5) -> dict[str, Any]:
+    """One rollout alone vs ``sessions`` together, on ``engine``'s runner (which needs that many
+    slots). The two alternate in ``rounds`` blocks, so a machine whose speed drifts during the
+    run (shared VMs do, by 20-30%) biases neither. ``actions(n, seed)`` makes each action stream."""
     sched = Scheduler.of(engine)
     rollouts = [engine] + [sched.join() for _ in range(sessions - 1)]
     scripts = [actions(warmup + frames, seed + i) for i in range(sessions)]
-    runs = []
-    for group in ([rollouts[0]], rollouts):
-        for i, r in enumerate(group):
-            r.reset(seed + i)
-        for t in range(warmup):
-            sched.step([(r, scripts[i][t]) for i, r in enumerate(group)])
-        runs.append(_timed_ticks(sched, group, [s[warmup:] for s in scripts], frames,
-                                 f"{len(group)} session(s)"))
-    one, many = runs
-    ratio = many["aggregate_fps"] / one["aggregate_fps"]
-    return {"one": one, "many": many, "ratio_to_one": ratio, "ratio_to_n_times_one": ratio / sessions}
+    groups = {"one": [rollouts[0]], "many": rollouts}
+    ticks = {"one": 0, "many": 0}
+    wall = {"one": 0.0, "many": 0.0}
+    per_tick: dict[str, list[float]] = {"one": [], "many": []}
+    for i, r in enumerate(rollouts):
+        r.reset(seed + i)
+    for t in range(warmup):  # (the lone rollout is the first of the group: it warms up with it)
+        sched.step([(r, scripts[i][t]) for i, r in enumerate(rollouts)])
+    bar = tqdm(total=2 * frames, desc=f"1 vs {sessions} sessions", unit="tick", file=sys.stderr, disable=None,
+               leave=False)
+    for block in range(rounds):
+        n = frames * (block + 1) // rounds - frames * block // rounds
+        for name, group in groups.items():
+            for _ in range(n):
+                t = warmup + ticks[name]
+                t0 = time.perf_counter()
+                for f in sched.step([(r, scripts[i][t % len(scripts[i])]) for i, r in enumerate(group)]):
+                    jpeg_bytes(f.rgb)
+                dt = time.perf_counter() - t0
+                wall[name] += dt
+                per_tick[name].append(dt * 1e3)
+                ticks[name] += 1
+                bar.update()
+    bar.close()
+    out = {name: {"sessions": len(groups[name]), "aggregate_fps": len(groups[name]) * ticks[name] / wall[name],
+                  "per_session_fps": ticks[name] / wall[name], "tick_ms_p50": statistics.median(per_tick[name]),
+                  "tick_ms_p95": _p(per_tick[name], 0.95)} for name in groups}
+    ratio = out["many"]["aggregate_fps"] / out["one"]["aggregate_fps"]
+    return {**out, "rounds": rounds, "batch_invariant": engine.runner.batch_invariant,
+            "ratio_to_one": ratio, "ratio_to_n_times_one": ratio / sessions}
 
 
 def _realtime(sched: Scheduler, engine: Engine, trace: list[Action], fps: float, seed: int, warmup: int,
