@@ -55,6 +55,7 @@ class BenchArgs:
     speculate: int = 0  # > 0: a trace in real time with k drafts ahead vs none
     hold: int = 1  # ticks an action is held before drafting
     trace: str | None = None  # actions for --speculate: suite .json (episode 0) or .actions.jsonl
+    batch_invariant: bool = True  # False: batched GEMMs/decode (faster, frames depend on the batch)
 
 
 def _actions(n: int, seed: int) -> list[Action]:
@@ -161,7 +162,8 @@ def run_bench(args: BenchArgs) -> dict[str, Any]:
     trace = load_trace(args.trace or DEFAULT_TRACE) if args.speculate else []
     opts: dict[str, Any] = dict(device=args.device, dtype=DTYPES[args.dtype], seed=args.seed,
                                 attention=args.attention, compile=args.compile, slots=args.sessions,
-                                spare_frames=max(2, args.speculate + 1))
+                                spare_frames=max(2, args.speculate + 1),
+                                batch_invariant=None if args.batch_invariant else False)
 
     def build(sampler: SamplerConfig) -> Engine:
         if args.model is not None:

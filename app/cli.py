@@ -49,6 +49,9 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--speculate", type=int, default=0, metavar="K",
                    help="also replay --trace in real time drafting K frames ahead vs not: latency, acceptance")
     p.add_argument("--hold", type=int, default=1, help="ticks an action must be held before drafting (default 1)")
+    p.add_argument("--no-batch-invariant", dest="batch_invariant", action="store_false",
+                   help="batch the linear layers and decode across rollouts (faster; a rollout's frames then "
+                        "depend on its batch in the last bits, and live recordings may not replay exactly)")
     p.add_argument("--trace", default=None, metavar="FILE",
                    help="actions for --speculate: an eval suite .json (episode 0) or a recording's .actions.jsonl "
                         "(default: assets/eval/doom-minute.json)")
