@@ -35,7 +35,7 @@ class SchedulerStats:
     batched: int = 0  # rollouts stepped in a batch of two or more
     drafted: int = 0  # frames generated ahead
     accepted: int = 0  # drafts taken
-    discarded: int = 0  # drafts rolled back (the action changed, or the rollout was reset or left)
+    discarded: int = 0  # drafts rolled back (the action changed, or the rollout left)
 
     @property
     def acceptance(self) -> float:
@@ -159,8 +159,3 @@ class Scheduler:
             generate(chosen, actions, draft=True)
             self.stats.drafted += len(chosen)
         return len(chosen)
-
-    def forget(self, engine: Engine) -> None:
-        """``engine`` was reset: its held action starts over (its drafts went with the reset)."""
-        self._check(engine)
-        self._held.pop(engine.slot, None)
