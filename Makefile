@@ -24,7 +24,7 @@ play: $(STAMP)
 	$(BIN)/worldstream play --host 127.0.0.1 --port 7860
 
 test: $(STAMP)
-	$(BIN)/ruff check app engine kernels train tests scripts
+	$(BIN)/ruff check app engine eval kernels train world tests scripts
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

@@ -32,7 +32,7 @@ from app.play.session import jpeg_bytes
 from engine.action import Action
 from engine.engine import Engine
 from engine.scheduler import Scheduler
-from engine.world.suite import SuiteError, load_suite
+from world.suite import SuiteError, load_suite
 
 DEFAULT_TRACE = Path(__file__).resolve().parents[1] / "assets" / "eval" / "doom-minute.json"
 

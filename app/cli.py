@@ -14,7 +14,7 @@ from app.engine_spec import EngineSpec, default_model
 from app.play.recorder import describe_error
 from engine.checkpoint import CheckpointError
 from engine.config import PRESETS, ConfigError
-from engine.world.maps import DEFAULT_MAPS, UNSEEN_MAPS
+from world.maps import DEFAULT_MAPS, UNSEEN_MAPS
 
 # Resolved against the source tree (make installs it editable), not the working directory.
 DEFAULT_SUITE = str(Path(__file__).resolve().parents[1] / "assets" / "eval" / "doom-minute.json")
@@ -355,7 +355,7 @@ def _collect(args: argparse.Namespace) -> int:
 
 def _replay(args: argparse.Namespace) -> int:
     from app.video import write_mp4
-    from engine.world.suite import load_suite
+    from world.suite import load_suite
 
     suite = load_suite(args.suite)
     if not 0 <= args.episode < len(suite.episodes):
@@ -380,8 +380,8 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _make_suite(args: argparse.Namespace) -> int:
     from app.collect import EVAL_SEED_BASE
-    from engine.world.doom import FPS, DoomSpec
-    from engine.world.suite import EvalSuite, make_episode
+    from world.doom import FPS, DoomSpec
+    from world.suite import EvalSuite, make_episode
 
     episodes = []
     for i, m in enumerate(args.maps, start=1):

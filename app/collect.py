@@ -22,10 +22,10 @@ import numpy as np
 from tqdm import tqdm
 
 from engine.action import BUTTONS
-from engine.world.doom import FPS, DoomSpec
-from engine.world.maps import DEFAULT_MAPS
-from engine.world.policy import explore
-from engine.world.shards import append_index, clean, write_shard
+from world.doom import FPS, DoomSpec
+from world.maps import DEFAULT_MAPS
+from world.policy import explore
+from world.shards import append_index, clean, write_shard
 
 EVAL_SEED_BASE = 1_000_000_000
 SEEDS_PER_RUN = 100_000
@@ -113,7 +113,7 @@ def run_collect(args: CollectArgs) -> dict[str, Any]:
 
 def summarize(folder: Path, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Action histogram, stuck share and size of the data indexed in ``folder``."""
-    from engine.world.shards import load_shard
+    from world.shards import load_shard
 
     buttons = np.zeros(len(BUTTONS))
     combos: Counter[str] = Counter()

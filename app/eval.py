@@ -37,8 +37,8 @@ import numpy as np
 from tqdm import tqdm
 
 from app.predictors import BASELINES, EnginePredictor, Predictor
-from engine.world.metrics import color_hist_distance, psnr, sharpness, ssim
-from engine.world.suite import EvalEpisode, episode_row, load_suite
+from eval.metrics import color_hist_distance, psnr, sharpness, ssim
+from world.suite import EvalEpisode, episode_row, load_suite
 
 HORIZONS_S = (1, 5, 10, 30, 60)
 METRICS = ("psnr", "ssim", "sharp", "hist")  # sharp: predicted / true sharpness; hist: colour distance

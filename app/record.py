@@ -38,7 +38,7 @@ from app.play.recorder import (
 from app.scenes import GENERATED, SceneStarter, resolve_start
 from engine.engine import Engine
 from engine.types import Frame
-from engine.world.policy import ExplorePolicy
+from world.policy import ExplorePolicy
 
 POLICIES = ("explore",)
 

@@ -27,9 +27,9 @@ from tqdm import tqdm
 from app.predictors import Predictor
 from app.video import write_mp4
 from engine.action import Action
-from engine.world.doom import rollout
-from engine.world.metrics import psnr
-from engine.world.suite import EvalEpisode, load_suite
+from eval.metrics import psnr
+from world.doom import rollout
+from world.suite import EvalEpisode, load_suite
 
 RESPONSES = {"turn left": Action.of("turn_left"), "turn right": Action.of("turn_right"),
              "forward": Action.of("forward")}

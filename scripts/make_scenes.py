@@ -16,8 +16,8 @@ import numpy as np
 from PIL import Image
 
 from app.scenes import FORMAT, INDEX
-from engine.world.doom import DoomSpec
-from engine.world.policy import explore
+from world.doom import DoomSpec
+from world.policy import explore
 
 SCENES = {"map01": "MAP01", "map03": "MAP03", "map05": "MAP05", "map07": "MAP07", "map12": "MAP12"}
 SEED = 424_242  # game seed of every scene (scenes are starting points, not eval data)

@@ -80,7 +80,7 @@ def test_play_and_record_reject_bad_arguments(capsys: pytest.CaptureFixture[str]
 
 def test_cli_needs_no_game_to_parse() -> None:
     """A training machine may lack ViZDoom and gymnasium: building the parser and parsing a train
-    command must not import them (app.collect / engine.world.doom are imported only to run)."""
+    command must not import them (app.collect / world.doom are imported only to run)."""
     import subprocess
     import sys
 

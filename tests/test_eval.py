@@ -12,8 +12,8 @@ import pytest
 from app.cli import DEFAULT_SUITE, main
 from app.collect import DEFAULT_MAPS, EVAL_SEED_BASE
 from engine.action import Action
-from engine.world.metrics import PSNR_CAP, psnr, ssim
-from engine.world.suite import SuiteError, decode_actions, encode_actions, load_suite
+from eval.metrics import PSNR_CAP, psnr, ssim
+from world.suite import SuiteError, decode_actions, encode_actions, load_suite
 
 
 def test_shipped_suite_is_held_out_and_renders_exactly() -> None:
@@ -75,7 +75,7 @@ def test_metrics() -> None:
 
 
 def test_sharpness_and_colour_histogram() -> None:
-    from engine.world.metrics import color_hist_distance, sharpness
+    from eval.metrics import color_hist_distance, sharpness
 
     rng = np.random.default_rng(1)
     a = rng.integers(0, 256, (2, 120, 160, 3), dtype=np.uint8)

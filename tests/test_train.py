@@ -211,7 +211,7 @@ def test_train_cli_end_to_end(tmp_path: Path) -> None:
     the trained tokenizer as its decoder; eval's --steps override reaches the sampler."""
     from app.cli import main
     from engine.engine import Engine
-    from engine.world.shards import append_index, write_shard
+    from world.shards import append_index, write_shard
 
     data = tmp_path / "data"
     rng = np.random.default_rng(0)

@@ -12,9 +12,9 @@ import pytest
 
 from app.collect import EVAL_SEED_BASE, CollectArgs, run_collect
 from engine.action import Action
-from engine.world.doom import FPS, DoomEnv, DoomSpec, rollout
-from engine.world.policy import ExplorePolicy
-from engine.world.shards import INDEX, clean, load_shard, read_index, write_shard
+from world.doom import FPS, DoomEnv, DoomSpec, rollout
+from world.policy import ExplorePolicy
+from world.shards import INDEX, clean, load_shard, read_index, write_shard
 
 
 def test_env_is_deterministic_and_follows_the_convention() -> None:
@@ -148,3 +148,16 @@ def test_killed_collect_leaves_a_consistent_index_and_resumes(tmp_path: Path) ->
     rows = read_index(tmp_path)
     assert sorted(r["episode"] for r in rows) == list(range(8))
     assert all(load_shard(tmp_path, r, verify=True)[0].shape[0] == r["frames"] for r in rows)
+
+
+def test_the_engine_knows_no_game() -> None:
+    """Nothing in engine/ imports the Doom game (world/), evaluation (eval/) or the app."""
+    import ast
+
+    root = Path(__file__).parents[1] / "engine"
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            for name in names:
+                assert name.split(".")[0] not in {"world", "eval", "app", "train", "vizdoom"}, (path, name)

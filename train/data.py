@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from engine.world.shards import load_shard, read_index
+from world.shards import load_shard, read_index
 
 
 def episodes(data: str | Path) -> list[dict]:

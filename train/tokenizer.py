@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.tokenizer import Tokenizer, TokenizerConfig, load_tokenizer, save_tokenizer, to_uint8, to_unit
-from engine.world.metrics import psnr
+from eval.metrics import psnr
 from train.data import episodes, load_frames, split
 from train.loop import LoopConfig, Trainer, hardware
 

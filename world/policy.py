@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from engine.action import Action
-from engine.world.doom import DoomEnv, DoomSpec
+from world.doom import DoomEnv, DoomSpec
 
 # (weight, buttons) of the held actions.
 MIX: tuple[tuple[float, tuple[str, ...]], ...] = (

@@ -23,8 +23,8 @@ import numpy as np
 
 from engine.action import BUTTONS, Action
 from engine.files import read_json_doc
-from engine.world.doom import FPS, DoomSpec, rollout
-from engine.world.policy import explore
+from world.doom import FPS, DoomSpec, rollout
+from world.policy import explore
 
 FORMAT = "worldstream-eval-suite"
 VERSION = 1

@@ -1,0 +1,1 @@
+"""Evaluation: metrics of rollouts against ground truth and of videos alone (drift, VDE)."""
