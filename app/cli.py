@@ -107,6 +107,25 @@ def _world_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--starts", type=int, default=24, help="next-frame: start points per episode")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
+    p = sub.add_parser("eval-videos", help="score a folder of MP4s without ground truth: VDE drift, clarity, ...",
+                       description="LV-Bench-style drift of any videos (yours, another model's): per-frame "
+                       "clarity, motion smoothness, dynamics, subject/background consistency; VDE per metric "
+                       "over --chunks equal chunks. Results: one JSON line per video, written as each "
+                       "finishes; a re-run resumes; an unreadable video is marked failed (eval/videos.py).")
+    p.add_argument("folder", metavar="DIR", help="folder searched for *.mp4 (recursively)")
+    p.add_argument("--out", default=None, metavar="FILE.jsonl", help="default: DIR/eval-videos.jsonl")
+    p.add_argument("--chunks", type=int, default=10, help="VDE chunks N (default: 10)")
+    p.add_argument("--weights", choices=["linear", "log"], default="linear",
+                   help="VDE weights: linear w_i = N - i + 1 (default) or log w_i = ln(N - i + 2)")
+    p.add_argument("--tokenizer", default=None, metavar="PATH",
+                   help="folder with the tokenizer whose encoder gives the consistency features "
+                        "(default: the bundled model's)")
+    p.add_argument("--no-features", action="store_true", help="skip the consistency metrics")
+    p.add_argument("--size", default="160x120", metavar="WxH",
+                   help="analysis size every video is resized to (area averaging), so clarity compares "
+                        "across resolutions; 'native' keeps each as stored (default: 160x120)")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+
     p = sub.add_parser("make-suite", help="build an eval suite file (held-out seeds; maintainers)")
     p.add_argument("--out", required=True, metavar="FILE.json")
     p.add_argument("--maps", type=_maps, default=DEFAULT_MAPS + UNSEEN_MAPS)
@@ -367,6 +386,16 @@ def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_videos(args: argparse.Namespace) -> int:
+    from eval.videos import VideoArgs, format_videos, plot_videos, run_eval_videos
+
+    video_args = VideoArgs(**_fields(args))
+    rows = run_eval_videos(video_args)
+    plot = plot_videos(rows, Path(video_args.out or Path(args.folder) / "eval-videos.jsonl").with_suffix(".png"))
+    print(json.dumps(rows, indent=2) if args.json else format_videos(rows) + (f"\nplot: {plot}" if plot else ""))
+    return 0 if all(r.get("ok") for r in rows) else 1
+
+
 def _eval(args: argparse.Namespace) -> int:
     from app.eval import EvalArgs, run_eval
 
@@ -479,7 +508,7 @@ def _soak(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"play": _play, "soak": _soak, "record": _record, "bench": _bench, "collect": _collect, "replay": _replay,
-            "eval": _eval, "make-suite": _make_suite,
+            "eval": _eval, "eval-videos": _eval_videos, "make-suite": _make_suite,
             "train": _train, "showcase": _showcase}
 
 
