@@ -105,6 +105,9 @@ def _world_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", choices=["open-loop", "next-frame"], default="open-loop",
                    help="open-loop rollouts (default) or teacher-forced next-frame prediction")
     p.add_argument("--starts", type=int, default=24, help="next-frame: start points per episode")
+    p.add_argument("--idm", default="auto", metavar="PATH|auto|none",
+                   help="action accuracy with this inverse-dynamics model (default auto: the bundled "
+                        "assets/models/idm if present; none: off)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     p = sub.add_parser("eval-videos", help="score a folder of MP4s without ground truth: VDE drift, clarity, ...",
@@ -154,6 +157,14 @@ def _train_parsers(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--init", default=None, metavar="DIR", help="start from this tokenizer")
     t.add_argument("--decoder-only", action="store_true",
                    help="fine-tune the decoder alone (needs --init): latents, and models trained on them, stay valid")
+
+    i = which.add_parser("idm", help="the inverse-dynamics model that scores action accuracy (eval/idm.py)")
+    i.add_argument("--data", required=True, metavar="DIR", help="shards from `worldstream collect`")
+    i.add_argument("--out", required=True, metavar="DIR", help="e.g. assets/models/idm")
+    i.add_argument("--epochs", type=int, default=4)
+    i.add_argument("--batch", type=int, default=64)
+    i.add_argument("--lr", type=float, default=2e-3)
+    i.add_argument("--seed", type=int, default=0)
 
     w = which.add_parser("world", help="the block-causal DiT teacher (flow matching)")
     w.add_argument("--data", required=True, metavar="DIR", help="shards from `worldstream collect`")
@@ -430,6 +441,15 @@ def _train(args: argparse.Namespace) -> int:
 
         result = train_tokenizer(TokenizerArgs(**fields))
         print(f"{args.out}: tokenizer, held-out PSNR {result.get('psnr', float('nan')):.2f} dB")
+    elif args.what == "idm":
+        from eval.idm import train_idm
+
+        if args.epochs < 1 or args.batch < 1:
+            raise ValueError("--epochs and --batch must be >= 1")
+        meta = train_idm(args.data, args.out, epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed)
+        val = meta["validation"]
+        print(f"{args.out}: IDM, validation balanced accuracy per button: "
+              + ", ".join(f"{b} {v['balanced']:.2f}" for b, v in val.items() if v["balanced"] is not None))
     elif args.what == "world":
         from train.world import WorldArgs, train_world
 

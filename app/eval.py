@@ -37,6 +37,10 @@ import numpy as np
 from tqdm import tqdm
 
 from app.predictors import BASELINES, EnginePredictor, Predictor
+from engine.action import Action
+from eval.idm import BUNDLED as BUNDLED_IDM
+from eval.idm import InverseDynamics, accuracy, add_confusion, confusion, load_idm
+from eval.idm import predict as idm_predict
 from eval.metrics import color_hist_distance, psnr, sharpness, ssim
 from world.suite import EvalEpisode, episode_row, load_suite
 
@@ -61,6 +65,7 @@ class EvalArgs:
     dtype: str = "auto"  # model and decoder: auto (bf16 where native, else fp32) | fp32 | bf16
     mode: str = "open-loop"  # | "next-frame" (teacher forced, see module doc)
     starts: int = 24  # next-frame: start points per episode
+    idm: str = "auto"  # action accuracy: an IDM folder; auto: the bundled one if present; none: off
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -98,8 +103,25 @@ def make_predictor(args: EvalArgs) -> Predictor:
     return EnginePredictor(spec.build(), f"{what}:{tag}")
 
 
+def load_eval_idm(choice: str) -> tuple[InverseDynamics | None, str | None]:
+    """(IDM, its name) for --idm: a folder, "auto" (the bundled one if shipped) or "none"."""
+    if choice == "none" or (choice == "auto" and not (BUNDLED_IDM / "idm.json").is_file()):
+        return None, None
+    path = BUNDLED_IDM if choice == "auto" else Path(choice)
+    return load_idm(path), str(path.resolve())
+
+
+def _action_scores(idm: InverseDynamics, truth: np.ndarray, pred: np.ndarray, k: int,
+                   actions: list[Action]) -> dict[str, Any]:
+    """Per-button confusion of the IDM on the predicted frames (after the last context frame)
+    and, the ceiling, on the true frames of the same span."""
+    given = np.array([a.to_multi_hot() for a in actions[k - 1 : k - 1 + len(pred)]], dtype=bool)
+    return {"idm": confusion(idm_predict(idm, np.concatenate([truth[k - 1 : k], pred])), given),
+            "idm_truth": confusion(idm_predict(idm, truth[k - 1 : k + len(pred)]), given)}
+
+
 def score_episode(ep: EvalEpisode, predictor: Predictor, fps: float, seconds: float | None,
-                  seed: int) -> dict[str, Any]:
+                  seed: int, idm: InverseDynamics | None = None) -> dict[str, Any]:
     truth = ep.render()
     k = ep.context_frames
     horizon = len(truth) - k if seconds is None else min(len(truth) - k, round(seconds * fps))
@@ -120,6 +142,8 @@ def score_episode(ep: EvalEpisode, predictor: Predictor, fps: float, seconds: fl
     row.update(_scores(curves, slice(None), "_mean"))
     for m in ("psnr", "ssim", "hist"):
         row[f"{m}_curve"] = [round(float(v), 4) for v in curves[m]]
+    if idm is not None:
+        row.update(_action_scores(idm, truth, pred, k, actions))
     return row
 
 
@@ -164,9 +188,10 @@ def run_eval(args: EvalArgs) -> dict[str, Any]:
     except OSError as e:
         raise ValueError(f"--out {out}: cannot create ({e.strerror or e})") from None
     predictor = make_predictor(args)
+    idm, idm_name = load_eval_idm(args.idm) if args.mode == "open-loop" else (None, None)
     episodes = suite.episodes[: args.episodes] if args.episodes else suite.episodes
     rows_path = out / "episodes.jsonl"
-    previous = _read_rows(rows_path, predictor.name, args.seconds, args.mode)
+    previous = _read_rows(rows_path, predictor.name, args.seconds, args.mode, idm_name)
     rows = []
     for ep in tqdm(episodes, desc="eval", unit="episode", file=sys.stderr, disable=None):
         if ep.name in previous:
@@ -176,11 +201,12 @@ def run_eval(args: EvalArgs) -> dict[str, Any]:
             if args.mode == "next-frame":
                 row = score_next_frame(ep, predictor, args.starts, args.seed)
             else:
-                row = score_episode(ep, predictor, suite.fps, args.seconds, args.seed)
+                row = score_episode(ep, predictor, suite.fps, args.seconds, args.seed, idm)
         except Exception as e:  # one bad episode must not lose the others
             row = {**episode_row(ep), "predictor": predictor.name, "status": "failed",
                    "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(limit=5)}
         row["seconds_limit"] = args.seconds
+        row["idm_model"] = idm_name
         rows.append(row)
         _write_rows(out, rows)
     _write_rows(out, rows)
@@ -199,7 +225,8 @@ def _keys(mode: str) -> list[str]:
     return [f"{m}@{h}s" for m in METRICS for h in HORIZONS_S] + [f"{m}_mean" for m in METRICS]
 
 
-def _read_rows(path: Path, predictor: str, seconds: float | None, mode: str) -> dict[str, dict[str, Any]]:
+def _read_rows(path: Path, predictor: str, seconds: float | None, mode: str,
+               idm: str | None = None) -> dict[str, dict[str, Any]]:
     if not path.exists():
         return {}
     kept = {}
@@ -209,7 +236,7 @@ def _read_rows(path: Path, predictor: str, seconds: float | None, mode: str) -> 
         except json.JSONDecodeError:
             continue
         if (row.get("status") == "ok" and row.get("predictor") == predictor and row.get("seconds_limit") == seconds
-                and row.get("mode", "open-loop") == mode):
+                and row.get("mode", "open-loop") == mode and row.get("idm_model") == idm):
             kept[row["name"]] = row
     return kept
 
@@ -237,8 +264,31 @@ def aggregate(rows: list[dict[str, Any]], mode: str = "open-loop") -> dict[str, 
             values = [r[key] for r in group if r.get(key) is not None]
             table[name][key] = float(np.mean(values)) if values else None
         table[name]["episodes"] = len(group)
-    return {"episodes": len(rows), "ok": len(ok), "failed": [r["name"] for r in rows if r["status"] != "ok"],
-            "mean": table}
+    ci = {key: bootstrap_ci([r[key] for r in ok if r.get(key) is not None]) for key in _keys(mode)}
+    out: dict[str, Any] = {"episodes": len(rows), "ok": len(ok),
+                           "failed": [r["name"] for r in rows if r["status"] != "ok"], "mean": table, "ci95": ci}
+    scored = [r for r in ok if "idm" in r]
+    if scored:
+        pred: dict[str, list[int]] = {}
+        truth: dict[str, list[int]] = {}
+        for r in scored:
+            add_confusion(pred, r["idm"])
+            add_confusion(truth, r["idm_truth"])
+        out["action_accuracy"] = {"episodes": len(scored), "predictor": accuracy(pred), "truth": accuracy(truth)}
+    return out
+
+
+BOOTSTRAP = 1000
+
+
+def bootstrap_ci(values: list[float], seed: int = 0) -> list[float] | None:
+    """95% interval of the mean over episodes: percentiles of 1000 resamples (with replacement)."""
+    if len(values) < 2:
+        return None
+    v = np.asarray(values, dtype=np.float64)
+    g = np.random.default_rng(seed)
+    means = v[g.integers(0, len(v), (BOOTSTRAP, len(v)))].mean(axis=1)
+    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
 LABELS = {"psnr": "PSNR", "ssim": "SSIM", "sharp": "sharpness ratio", "hist": "colour-histogram distance"}
@@ -265,7 +315,31 @@ def markdown(summary: dict[str, Any]) -> str:
         for split, values in summary["mean"].items():
             cells = [split, str(values["episodes"]), *(_cell(m, values[f"{m}@{h}s"]) for h in HORIZONS_S)]
             lines.append("| " + " | ".join(cells) + " |")
+        ci = summary.get("ci95", {})
+        lines.append("| 95% interval (all, bootstrap over episodes) | | "
+                     + " | ".join(_interval(m, ci.get(f"{m}@{h}s")) for h in HORIZONS_S) + " |")
+    acc = summary.get("action_accuracy")
+    if acc:
+        lines += ["", f"Action accuracy: an inverse-dynamics model reads each pair of consecutive frames "
+                  f"({acc['episodes']} episodes); on the true frames it gives the ceiling, on copy-last "
+                  "(no motion) the floor. Balanced accuracy = mean of the hit rate and the correct-"
+                  "rejection rate (0.5 = chance).", "",
+                  "| button | pressed | accuracy, truth | accuracy, predictor | balanced, truth "
+                  "| balanced, predictor |",
+                  "|---|---|---|---|---|---|"]
+        for b, t in acc["truth"].items():
+            p = acc["predictor"][b]
+            lines.append(f"| {b} | {_pct(t['pressed'])} | {_pct(t['accuracy'])} | {_pct(p['accuracy'])} "
+                         f"| {_pct(t['balanced'])} | {_pct(p['balanced'])} |")
     return "\n".join(lines) + "\n"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.0f}%"
+
+
+def _interval(metric: str, ci: list[float] | None) -> str:
+    return "-" if ci is None else f"[{_cell(metric, ci[0])}, {_cell(metric, ci[1])}]"
 
 
 def _cell(metric: str, value: float | None) -> str:
