@@ -88,12 +88,14 @@ def _world_parsers(sub: argparse._SubParsersAction) -> None:
                        description="Open-loop rollouts from ground-truth context with ground-truth "
                        "actions; PSNR, SSIM, sharpness ratio and colour-histogram distance per frame, at "
                        "horizons 1, 5, 10, 30, 60 s. --mode next-frame: teacher-forced +1 frame.")
-    p.add_argument("--suite", default=DEFAULT_SUITE)
-    who = p.add_mutually_exclusive_group(required=True)
-    who.add_argument("--predictor", help="baseline: copy-last | mean-frame")
-    who.add_argument("--model", metavar="PATH", help="checkpoint folder")
-    who.add_argument("--preset", choices=sorted(PRESETS), help="random weights (plumbing check)")
-    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--suite", action="append", default=None, metavar="FILE",
+                   help="eval suite (repeat for several; default: assets/eval/doom-minute.json)")
+    p.add_argument("--predictor", action="append", default=None, help="baseline: copy-last | mean-frame (repeatable)")
+    p.add_argument("--model", action="append", default=None, metavar="PATH", help="checkpoint folder (repeatable)")
+    p.add_argument("--preset", action="append", default=None, choices=sorted(PRESETS),
+                   help="random weights (plumbing check; repeatable)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="results; with several predictors or suites, one folder per pair + report.md")
     p.add_argument("--episodes", type=int, default=None, help="first N episodes (default: all)")
     p.add_argument("--seconds", type=float, default=None, help="score the first S seconds (default: all)")
     p.add_argument("--seed", type=int, default=0)
@@ -109,6 +111,11 @@ def _world_parsers(sub: argparse._SubParsersAction) -> None:
                    help="action accuracy with this inverse-dynamics model (default auto: the bundled "
                         "assets/models/idm if present; none: off)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    p = sub.add_parser("eval-report", help="rebuild report.md and plots from stored eval results",
+                       description="One report over every eval run under DIR (tables with 95% intervals, "
+                       "action accuracy, metric-vs-time plots with bands); nothing is re-run.")
+    p.add_argument("folder", metavar="DIR")
 
     p = sub.add_parser("eval-videos", help="score a folder of MP4s without ground truth: VDE drift, clarity, ...",
                        description="LV-Bench-style drift of any videos (yours, another model's): per-frame "
@@ -410,11 +417,40 @@ def _eval_videos(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from app.eval import EvalArgs, run_eval
 
-    summary = run_eval(EvalArgs(**_fields(args)))
+    suites = args.suite or [DEFAULT_SUITE]
+    who = ([("predictor", x) for x in args.predictor or []] + [("model", x) for x in args.model or []]
+           + [("preset", x) for x in args.preset or []])
+    if not who:
+        raise ValueError("give at least one --predictor NAME, --model PATH or --preset NAME")
+    common = {k: v for k, v in _fields(args).items() if k not in ("suite", "predictor", "model", "preset", "out")}
+    if len(suites) == 1 and len(who) == 1:
+        summary = run_eval(EvalArgs(suite=suites[0], out=args.out, **{who[0][0]: who[0][1]}, **common))
+        print(json.dumps(summary, indent=2) if args.json else (Path(args.out) / "summary.md").read_text())
+        return 0
+    from app.eval_report import build_report
+
+    summaries, failed = [], []
+    for suite in suites:
+        for kind, value in who:
+            name = value if kind == "predictor" else f"preset-{value}" if kind == "preset" else Path(value).name
+            out = Path(args.out) / Path(suite).stem / name
+            try:
+                summaries.append(run_eval(EvalArgs(suite=suite, out=str(out), **{kind: value}, **common)))
+            except (ValueError, OSError) as e:  # one pair's failure is that pair's; the others go on
+                failed.append(f"{Path(suite).stem} x {name}: {e}")
+                print(f"worldstream eval: {Path(suite).stem} x {name} failed: {e}", file=sys.stderr)
+    report = build_report(args.out) if summaries else None
     if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        print((Path(args.out) / "summary.md").read_text())
+        print(json.dumps({"runs": summaries, "failed": failed, "report": str(report) if report else None}, indent=2))
+    elif report is not None:
+        print(report.read_text())
+    return 0 if not failed else 1
+
+
+def _eval_report(args: argparse.Namespace) -> int:
+    from app.eval_report import build_report
+
+    print(build_report(args.folder).read_text())
     return 0
 
 
@@ -528,7 +564,7 @@ def _soak(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"play": _play, "soak": _soak, "record": _record, "bench": _bench, "collect": _collect, "replay": _replay,
-            "eval": _eval, "eval-videos": _eval_videos, "make-suite": _make_suite,
+            "eval": _eval, "eval-report": _eval_report, "eval-videos": _eval_videos, "make-suite": _make_suite,
             "train": _train, "showcase": _showcase}
 
 

@@ -171,7 +171,7 @@ def train_idm(data: str | Path, out: str | Path, epochs: int = 4, batch: int = 6
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=((1 - pos) / pos).sqrt())  # rare buttons count more
     t0 = time.perf_counter()
     bar = tqdm(total=steps, desc="train idm", unit="step", file=sys.stderr, disable=None)
-    for _ in range(epochs):
+    for epoch in range(epochs):
         for pairs in _batches(torch.randperm(len(starts), generator=g), batch):
             idx = starts[pairs]  # x_{t-1}; x_t follows it
             x = InverseDynamics.inputs(frames[idx], frames[idx + 1])
@@ -182,6 +182,7 @@ def train_idm(data: str | Path, out: str | Path, epochs: int = 4, batch: int = 6
             sched.step()
             bar.update()
             bar.set_postfix(loss=f"{loss.item():.3f}")
+        print(f"train idm: epoch {epoch + 1}/{epochs} done, last loss {loss.item():.4f}", file=sys.stderr, flush=True)
     bar.close()
     model.eval().requires_grad_(False)
     from world.shards import load_shard

@@ -200,3 +200,22 @@ def test_eval_argument_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="--starts"):
         EvalArgs(suite=DEFAULT_SUITE, out=str(tmp_path), predictor="copy-last", mode="next-frame", starts=0)
     assert main(["eval", "--predictor", "copy-last", "--suite", str(tmp_path / "x.json"), "--out", str(tmp_path)]) == 2
+
+
+def test_eval_runs_every_pair_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two predictors on one suite: a folder per pair, then one report (tables with intervals,
+    plots with bands); eval-report rebuilds it from the stored results alone."""
+    args = ["eval", "--predictor", "copy-last", "--predictor", "mean-frame", "--episodes", "2", "--seconds", "2",
+            "--idm", "none", "--out", str(tmp_path)]
+    assert main(args) == 0
+    report = tmp_path / "report.md"
+    text = report.read_text()
+    assert "| copy-last | 2 |" in text and "| mean-frame | 2 |" in text and "[" in text  # intervals
+    assert (tmp_path / "doom-minute" / "copy-last" / "summary.json").is_file()
+    assert (tmp_path / "report_psnr.png").stat().st_size > 0
+    report.unlink()
+    capsys.readouterr()
+    assert main(["eval-report", str(tmp_path)]) == 0
+    assert report.read_text() == text
+    assert main(["eval-report", str(tmp_path / "doom-minute" / "nothing-here")]) == 2
+    assert main(["eval", "--out", str(tmp_path)]) == 2  # nobody to evaluate
