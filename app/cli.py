@@ -107,6 +107,10 @@ def _world_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", choices=["open-loop", "next-frame"], default="open-loop",
                    help="open-loop rollouts (default) or teacher-forced next-frame prediction")
     p.add_argument("--starts", type=int, default=24, help="next-frame: start points per episode")
+    p.add_argument("--workers", type=int, default=1, help="local processes scoring episodes in parallel")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per process (default: all cores serially, cores // workers with "
+                        "--workers); results are identical across runs with the same --threads")
     p.add_argument("--idm", default="auto", metavar="PATH|auto|none",
                    help="action accuracy with this inverse-dynamics model (default auto: the bundled "
                         "assets/models/idm if present; none: off)")

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 import time
 import traceback
@@ -38,6 +39,7 @@ from tqdm import tqdm
 
 from app.predictors import BASELINES, EnginePredictor, Predictor
 from engine.action import Action
+from engine.precision import set_threads
 from eval.idm import BUNDLED as BUNDLED_IDM
 from eval.idm import InverseDynamics, accuracy, add_confusion, confusion, load_idm
 from eval.idm import predict as idm_predict
@@ -66,6 +68,8 @@ class EvalArgs:
     mode: str = "open-loop"  # | "next-frame" (teacher forced, see module doc)
     starts: int = 24  # next-frame: start points per episode
     idm: str = "auto"  # action accuracy: an IDM folder; auto: the bundled one if present; none: off
+    workers: int = 1  # local processes scoring episodes in parallel (app/eval_workers.py)
+    threads: int | None = None  # torch threads per process (results are identical for equal threads)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -87,6 +91,10 @@ class EvalArgs:
             raise ValueError("--steps must be in 1..1000")
         if self.dtype not in ("auto", "fp32", "bf16"):
             raise ValueError("--dtype must be auto, fp32 or bf16")
+        if not 1 <= self.workers <= 64:
+            raise ValueError("--workers must be in 1..64")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError("--threads must be >= 1")
 
 
 def make_predictor(args: EvalArgs) -> Predictor:
@@ -180,6 +188,18 @@ def _scores(curves: dict[str, np.ndarray], window: slice, suffix: str) -> dict[s
     return out
 
 
+def score_item(ep: EvalEpisode, predictor: Predictor, idm: InverseDynamics | None, args: EvalArgs,
+               fps: float) -> dict[str, Any]:
+    """One episode's row; a failure is that episode's row (status "failed"), never a raise."""
+    try:
+        if args.mode == "next-frame":
+            return score_next_frame(ep, predictor, args.starts, args.seed)
+        return score_episode(ep, predictor, fps, args.seconds, args.seed, idm)
+    except Exception as e:  # one bad episode must not lose the others
+        return {**episode_row(ep), "predictor": predictor.name, "status": "failed",
+                "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(limit=5)}
+
+
 def run_eval(args: EvalArgs) -> dict[str, Any]:
     suite = load_suite(args.suite)
     out = Path(args.out)
@@ -187,28 +207,29 @@ def run_eval(args: EvalArgs) -> dict[str, Any]:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ValueError(f"--out {out}: cannot create ({e.strerror or e})") from None
+    threads = set_threads(args.threads) if args.workers == 1 else args.threads or max(1, (os.cpu_count() or 1)
+                                                                                     // args.workers)
     predictor = make_predictor(args)
     idm, idm_name = load_eval_idm(args.idm) if args.mode == "open-loop" else (None, None)
     episodes = suite.episodes[: args.episodes] if args.episodes else suite.episodes
     rows_path = out / "episodes.jsonl"
     previous = _read_rows(rows_path, predictor.name, args.seconds, args.mode, idm_name)
-    rows = []
-    for ep in tqdm(episodes, desc="eval", unit="episode", file=sys.stderr, disable=None):
-        if ep.name in previous:
-            rows.append(previous[ep.name])
-            continue
-        try:
-            if args.mode == "next-frame":
-                row = score_next_frame(ep, predictor, args.starts, args.seed)
-            else:
-                row = score_episode(ep, predictor, suite.fps, args.seconds, args.seed, idm)
-        except Exception as e:  # one bad episode must not lose the others
-            row = {**episode_row(ep), "predictor": predictor.name, "status": "failed",
-                   "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(limit=5)}
-        row["seconds_limit"] = args.seconds
-        row["idm_model"] = idm_name
-        rows.append(row)
-        _write_rows(out, rows)
+    done: dict[str, dict[str, Any]] = {ep.name: previous[ep.name] for ep in episodes if ep.name in previous}
+    todo = [ep for ep in episodes if ep.name not in done]
+
+    def finished(row: dict[str, Any]) -> None:  # rows are rewritten in suite order as each one ends
+        row.update(seconds_limit=args.seconds, idm_model=idm_name, threads=threads)
+        done[row["name"]] = row
+        _write_rows(out, [done[ep.name] for ep in episodes if ep.name in done])
+
+    if args.workers > 1 and todo:
+        from app.eval_workers import score_in_workers
+
+        score_in_workers(args, [ep.name for ep in todo], threads, finished)
+    else:
+        for ep in tqdm(todo, desc="eval", unit="episode", file=sys.stderr, disable=None):
+            finished(score_item(ep, predictor, idm, args, suite.fps))
+    rows = [done[ep.name] for ep in episodes if ep.name in done]
     _write_rows(out, rows)
     summary = aggregate(rows, args.mode)
     summary.update(suite=suite.name, predictor=predictor.name, out=str(out), mode=args.mode)

@@ -219,3 +219,21 @@ def test_eval_runs_every_pair_and_reports(tmp_path: Path, capsys: pytest.Capture
     assert report.read_text() == text
     assert main(["eval-report", str(tmp_path / "doom-minute" / "nothing-here")]) == 2
     assert main(["eval", "--out", str(tmp_path)]) == 2  # nobody to evaluate
+
+
+def test_workers_give_the_serial_result(tmp_path: Path) -> None:
+    """Two local processes score the same rows as one process with the same threads (a model:
+    its rollouts are float sums that depend on threads, so both use 1)."""
+    common = ["--preset", "small", "--episodes", "3", "--seconds", "1", "--idm", "none", "--threads", "1"]
+    assert main(["eval", *common, "--out", str(tmp_path / "serial")]) == 0
+    assert main(["eval", *common, "--workers", "2", "--out", str(tmp_path / "workers")]) == 0
+
+    def rows(folder: str) -> list[dict]:
+        out = [json.loads(line) for line in (tmp_path / folder / "episodes.jsonl").read_text().splitlines()]
+        for r in out:
+            r.pop("predict_fps")
+        return out
+
+    serial = rows("serial")
+    assert [r["status"] for r in serial] == ["ok"] * 3 and serial[0]["threads"] == 1
+    assert serial == rows("workers")

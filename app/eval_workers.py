@@ -1,0 +1,51 @@
+"""``worldstream eval --workers N``: episodes scored in N local processes.
+
+Each process builds its own predictor (and IDM) once and scores whole episodes; the parent
+writes every row the moment it comes back (the same files, rows in suite order), so a crash
+loses nothing and a re-run resumes, as in a serial run. Results equal a serial run's with the
+same ``--threads`` (float sums on CPU depend on the thread count: a serial run uses all cores
+unless told, a worker ``cores // N``). Processes are spawned, not forked: torch's thread pools
+do not survive a fork.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import sys
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Any
+
+from tqdm import tqdm
+
+_state: dict[str, Any] = {}
+
+
+def _init(args: Any, threads: int) -> None:
+    from app.eval import load_eval_idm, make_predictor
+    from engine.precision import set_threads
+    from world.suite import load_suite
+
+    set_threads(threads)
+    suite = load_suite(args.suite)
+    _state.update(args=args, fps=suite.fps, episodes={ep.name: ep for ep in suite.episodes},
+                  predictor=make_predictor(args),
+                  idm=load_eval_idm(args.idm)[0] if args.mode == "open-loop" else None)
+
+
+def _score(name: str) -> dict[str, Any]:
+    from app.eval import score_item
+
+    s = _state
+    return score_item(s["episodes"][name], s["predictor"], s["idm"], s["args"], s["fps"])
+
+
+def score_in_workers(args: Any, names: list[str], threads: int, finished: Callable[[dict[str, Any]], None]) -> None:
+    """Score episodes ``names`` in ``args.workers`` processes; ``finished(row)`` as each ends."""
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(args.workers, len(names)), mp_context=ctx,
+                             initializer=_init, initargs=(args, threads)) as pool:
+        futures = {pool.submit(_score, name): name for name in names}
+        for future in tqdm(as_completed(futures), total=len(futures), desc=f"eval x{args.workers}", unit="episode",
+                           file=sys.stderr, disable=None):
+            finished(future.result())
