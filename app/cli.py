@@ -108,6 +108,9 @@ def _world_parsers(sub: argparse._SubParsersAction) -> None:
                    help="open-loop rollouts (default) or teacher-forced next-frame prediction")
     p.add_argument("--starts", type=int, default=24, help="next-frame: start points per episode")
     p.add_argument("--workers", type=int, default=1, help="local processes scoring episodes in parallel")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="score in --workers Ray actors on this cluster ('local': start one here; needs "
+                        "the optional extra ray)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads per process (default: all cores serially, cores // workers with "
                         "--workers); results are identical across runs with the same --threads")

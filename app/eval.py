@@ -70,6 +70,7 @@ class EvalArgs:
     idm: str = "auto"  # action accuracy: an IDM folder; auto: the bundled one if present; none: off
     workers: int = 1  # local processes scoring episodes in parallel (app/eval_workers.py)
     threads: int | None = None  # torch threads per process (results are identical for equal threads)
+    ray_address: str | None = None  # score in Ray actors: a cluster address, or "local"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -207,8 +208,8 @@ def run_eval(args: EvalArgs) -> dict[str, Any]:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ValueError(f"--out {out}: cannot create ({e.strerror or e})") from None
-    threads = set_threads(args.threads) if args.workers == 1 else args.threads or max(1, (os.cpu_count() or 1)
-                                                                                     // args.workers)
+    parallel = args.workers > 1 or args.ray_address is not None
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers) if parallel else set_threads(args.threads)
     predictor = make_predictor(args)
     idm, idm_name = load_eval_idm(args.idm) if args.mode == "open-loop" else (None, None)
     episodes = suite.episodes[: args.episodes] if args.episodes else suite.episodes
@@ -222,7 +223,11 @@ def run_eval(args: EvalArgs) -> dict[str, Any]:
         done[row["name"]] = row
         _write_rows(out, [done[ep.name] for ep in episodes if ep.name in done])
 
-    if args.workers > 1 and todo:
+    if args.ray_address is not None and todo:
+        from app.eval_workers import score_in_ray
+
+        score_in_ray(args, [ep.name for ep in todo], threads, finished, args.ray_address)
+    elif args.workers > 1 and todo:
         from app.eval_workers import score_in_workers
 
         score_in_workers(args, [ep.name for ep in todo], threads, finished)

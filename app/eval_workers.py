@@ -1,4 +1,6 @@
-"""``worldstream eval --workers N``: episodes scored in N local processes.
+"""``worldstream eval --workers N``: episodes scored in N local processes; ``--ray-address ADDR``:
+in N Ray actors of an existing cluster ("local": a Ray instance started here; Ray is the optional
+extra ``ray``; every node needs this package installed, as the driver has it).
 
 Each process builds its own predictor (and IDM) once and scores whole episodes; the parent
 writes every row the moment it comes back (the same files, rows in suite order), so a crash
@@ -49,3 +51,39 @@ def score_in_workers(args: Any, names: list[str], threads: int, finished: Callab
         for future in tqdm(as_completed(futures), total=len(futures), desc=f"eval x{args.workers}", unit="episode",
                            file=sys.stderr, disable=None):
             finished(future.result())
+
+
+class _RayScorer:
+    """A Ray actor: one predictor, many episodes (the same code as a local worker)."""
+
+    def __init__(self, args: Any, threads: int) -> None:
+        _init(args, threads)
+
+    def score(self, name: str) -> dict[str, Any]:
+        return _score(name)
+
+
+def score_in_ray(args: Any, names: list[str], threads: int, finished: Callable[[dict[str, Any]], None],
+                 address: str) -> None:
+    """Score episodes ``names`` in ``args.workers`` Ray actors (``threads`` CPUs each)."""
+    try:
+        import ray
+        from ray.util import ActorPool
+    except ImportError:
+        raise ValueError("--ray-address needs Ray: pip install 'worldstream[ray]'") from None
+    started = not ray.is_initialized()
+    if started:
+        if address == "local":
+            ray.init(num_cpus=max(1, args.workers * threads), include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(address=address, log_to_driver=False)
+    try:
+        actor = ray.remote(num_cpus=threads)(_RayScorer)
+        pool = ActorPool([actor.remote(args, threads) for _ in range(min(args.workers, len(names)))])
+        results = pool.map_unordered(lambda a, name: a.score.remote(name), names)
+        for row in tqdm(results, total=len(names), desc=f"eval ray x{args.workers}", unit="episode",
+                        file=sys.stderr, disable=None):
+            finished(row)
+    finally:
+        if started:
+            ray.shutdown()

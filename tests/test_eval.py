@@ -221,12 +221,17 @@ def test_eval_runs_every_pair_and_reports(tmp_path: Path, capsys: pytest.Capture
     assert main(["eval", "--out", str(tmp_path)]) == 2  # nobody to evaluate
 
 
-def test_workers_give_the_serial_result(tmp_path: Path) -> None:
-    """Two local processes score the same rows as one process with the same threads (a model:
-    its rollouts are float sums that depend on threads, so both use 1)."""
+@pytest.mark.parametrize("where", ["workers", "ray"])
+def test_workers_and_ray_give_the_serial_result(tmp_path: Path, where: str) -> None:
+    """Two local processes (or two actors of a Ray instance started here, 2 CPUs) score the same
+    rows as one process with the same threads (a model's rollouts are float sums that depend on
+    threads, so all use 1)."""
+    if where == "ray":
+        pytest.importorskip("ray", reason="Ray is the optional extra 'ray'")
     common = ["--preset", "small", "--episodes", "3", "--seconds", "1", "--idm", "none", "--threads", "1"]
     assert main(["eval", *common, "--out", str(tmp_path / "serial")]) == 0
-    assert main(["eval", *common, "--workers", "2", "--out", str(tmp_path / "workers")]) == 0
+    spread = ["--workers", "2"] + (["--ray-address", "local"] if where == "ray" else [])
+    assert main(["eval", *common, *spread, "--out", str(tmp_path / "workers")]) == 0
 
     def rows(folder: str) -> list[dict]:
         out = [json.loads(line) for line in (tmp_path / folder / "episodes.jsonl").read_text().splitlines()]
