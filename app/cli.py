@@ -114,6 +114,9 @@ def _world_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads per process (default: all cores serially, cores // workers with "
                         "--workers); results are identical across runs with the same --threads")
+    p.add_argument("--fd", default="auto", metavar="PATH|auto|none",
+                   help="Fréchet distance per horizon with this tokenizer's encoder features (default auto: "
+                        "the bundled model's; none: off)")
     p.add_argument("--idm", default="auto", metavar="PATH|auto|none",
                    help="action accuracy with this inverse-dynamics model (default auto: the bundled "
                         "assets/models/idm if present; none: off)")

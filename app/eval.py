@@ -37,17 +37,17 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from app.eval_summary import HORIZONS_S, METRICS, markdown, plot
 from app.predictors import BASELINES, EnginePredictor, Predictor
 from engine.action import Action
 from engine.precision import set_threads
+from eval.fd import aggregate_fd, episode_fd_stats
 from eval.idm import BUNDLED as BUNDLED_IDM
 from eval.idm import InverseDynamics, accuracy, add_confusion, confusion, load_idm
 from eval.idm import predict as idm_predict
 from eval.metrics import color_hist_distance, psnr, sharpness, ssim
 from world.suite import EvalEpisode, episode_row, load_suite
 
-HORIZONS_S = (1, 5, 10, 30, 60)
-METRICS = ("psnr", "ssim", "sharp", "hist")  # sharp: predicted / true sharpness; hist: colour distance
 MODES = ("open-loop", "next-frame")
 
 
@@ -71,6 +71,7 @@ class EvalArgs:
     workers: int = 1  # local processes scoring episodes in parallel (app/eval_workers.py)
     threads: int | None = None  # torch threads per process (results are identical for equal threads)
     ray_address: str | None = None  # score in Ray actors: a cluster address, or "local"
+    fd: str = "auto"  # Fréchet distance features: a tokenizer folder; auto: the bundled model's; none: off
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -120,6 +121,21 @@ def load_eval_idm(choice: str) -> tuple[InverseDynamics | None, str | None]:
     return load_idm(path), str(path.resolve())
 
 
+def load_eval_features(choice: str) -> tuple[Any, str | None]:
+    """(feature extractor, its name) for --fd: a tokenizer folder, "auto" or "none"."""
+    from eval.video_metrics import TokenizerFeatures
+    from eval.videos import default_tokenizer
+
+    if choice == "none":
+        return None, None
+    if choice == "auto":
+        try:
+            choice = default_tokenizer()
+        except ValueError:
+            return None, None
+    return TokenizerFeatures(choice), str(Path(choice).resolve())
+
+
 def _action_scores(idm: InverseDynamics, truth: np.ndarray, pred: np.ndarray, k: int,
                    actions: list[Action]) -> dict[str, Any]:
     """Per-button confusion of the IDM on the predicted frames (after the last context frame)
@@ -130,7 +146,7 @@ def _action_scores(idm: InverseDynamics, truth: np.ndarray, pred: np.ndarray, k:
 
 
 def score_episode(ep: EvalEpisode, predictor: Predictor, fps: float, seconds: float | None,
-                  seed: int, idm: InverseDynamics | None = None) -> dict[str, Any]:
+                  seed: int, idm: InverseDynamics | None = None, features: Any = None) -> dict[str, Any]:
     truth = ep.render()
     k = ep.context_frames
     horizon = len(truth) - k if seconds is None else min(len(truth) - k, round(seconds * fps))
@@ -153,6 +169,8 @@ def score_episode(ep: EvalEpisode, predictor: Predictor, fps: float, seconds: fl
         row[f"{m}_curve"] = [round(float(v), 4) for v in curves[m]]
     if idm is not None:
         row.update(_action_scores(idm, truth, pred, k, actions))
+    if features is not None:
+        row["fd_stats"] = episode_fd_stats(features(pred), features(target), fps, HORIZONS_S)
     return row
 
 
@@ -190,12 +208,12 @@ def _scores(curves: dict[str, np.ndarray], window: slice, suffix: str) -> dict[s
 
 
 def score_item(ep: EvalEpisode, predictor: Predictor, idm: InverseDynamics | None, args: EvalArgs,
-               fps: float) -> dict[str, Any]:
+               fps: float, features: Any = None) -> dict[str, Any]:
     """One episode's row; a failure is that episode's row (status "failed"), never a raise."""
     try:
         if args.mode == "next-frame":
             return score_next_frame(ep, predictor, args.starts, args.seed)
-        return score_episode(ep, predictor, fps, args.seconds, args.seed, idm)
+        return score_episode(ep, predictor, fps, args.seconds, args.seed, idm, features)
     except Exception as e:  # one bad episode must not lose the others
         return {**episode_row(ep), "predictor": predictor.name, "status": "failed",
                 "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(limit=5)}
@@ -212,14 +230,15 @@ def run_eval(args: EvalArgs) -> dict[str, Any]:
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers) if parallel else set_threads(args.threads)
     predictor = make_predictor(args)
     idm, idm_name = load_eval_idm(args.idm) if args.mode == "open-loop" else (None, None)
+    features, fd_name = load_eval_features(args.fd) if args.mode == "open-loop" else (None, None)
     episodes = suite.episodes[: args.episodes] if args.episodes else suite.episodes
     rows_path = out / "episodes.jsonl"
-    previous = _read_rows(rows_path, predictor.name, args.seconds, args.mode, idm_name)
+    previous = _read_rows(rows_path, predictor.name, args.seconds, args.mode, idm_name, fd_name)
     done: dict[str, dict[str, Any]] = {ep.name: previous[ep.name] for ep in episodes if ep.name in previous}
     todo = [ep for ep in episodes if ep.name not in done]
 
     def finished(row: dict[str, Any]) -> None:  # rows are rewritten in suite order as each one ends
-        row.update(seconds_limit=args.seconds, idm_model=idm_name, threads=threads)
+        row.update(seconds_limit=args.seconds, idm_model=idm_name, fd_features=fd_name, threads=threads)
         done[row["name"]] = row
         _write_rows(out, [done[ep.name] for ep in episodes if ep.name in done])
 
@@ -233,7 +252,7 @@ def run_eval(args: EvalArgs) -> dict[str, Any]:
         score_in_workers(args, [ep.name for ep in todo], threads, finished)
     else:
         for ep in tqdm(todo, desc="eval", unit="episode", file=sys.stderr, disable=None):
-            finished(score_item(ep, predictor, idm, args, suite.fps))
+            finished(score_item(ep, predictor, idm, args, suite.fps, features))
     rows = [done[ep.name] for ep in episodes if ep.name in done]
     _write_rows(out, rows)
     summary = aggregate(rows, args.mode)
@@ -252,7 +271,7 @@ def _keys(mode: str) -> list[str]:
 
 
 def _read_rows(path: Path, predictor: str, seconds: float | None, mode: str,
-               idm: str | None = None) -> dict[str, dict[str, Any]]:
+               idm: str | None = None, fd: str | None = None) -> dict[str, dict[str, Any]]:
     if not path.exists():
         return {}
     kept = {}
@@ -262,7 +281,8 @@ def _read_rows(path: Path, predictor: str, seconds: float | None, mode: str,
         except json.JSONDecodeError:
             continue
         if (row.get("status") == "ok" and row.get("predictor") == predictor and row.get("seconds_limit") == seconds
-                and row.get("mode", "open-loop") == mode and row.get("idm_model") == idm):
+                and row.get("mode", "open-loop") == mode and row.get("idm_model") == idm
+                and row.get("fd_features") == fd):
             kept[row["name"]] = row
     return kept
 
@@ -301,6 +321,8 @@ def aggregate(rows: list[dict[str, Any]], mode: str = "open-loop") -> dict[str, 
             add_confusion(pred, r["idm"])
             add_confusion(truth, r["idm_truth"])
         out["action_accuracy"] = {"episodes": len(scored), "predictor": accuracy(pred), "truth": accuracy(truth)}
+    if any(r.get("fd_stats") for r in ok):
+        out["frechet"] = aggregate_fd(ok)
     return out
 
 
@@ -315,81 +337,3 @@ def bootstrap_ci(values: list[float], seed: int = 0) -> list[float] | None:
     g = np.random.default_rng(seed)
     means = v[g.integers(0, len(v), (BOOTSTRAP, len(v)))].mean(axis=1)
     return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
-
-
-LABELS = {"psnr": "PSNR", "ssim": "SSIM", "sharp": "sharpness ratio", "hist": "colour-histogram distance"}
-
-
-def markdown(summary: dict[str, Any]) -> str:
-    mode = summary.get("mode", "open-loop")
-    lines = [f"# {summary['suite']}: {summary['predictor']} ({mode})", "",
-             f"{summary['ok']} of {summary['episodes']} episodes scored; failed: {summary['failed'] or 'none'}."]
-    if mode == "next-frame":
-        lines += ["Teacher forced: true context, one predicted frame, at start points spread over each "
-                  "episode; mean over episodes (PSNR in dB; sharpness = predicted / true).", "",
-                  "| split | episodes | " + " | ".join(LABELS[m] for m in METRICS) + " |",
-                  "|" + "---|" * (len(METRICS) + 2)]
-        for split, values in summary["mean"].items():
-            cells = [split, str(values["episodes"]), *(_cell(m, values[f"{m}@next"]) for m in METRICS)]
-            lines.append("| " + " | ".join(cells) + " |")
-        return "\n".join(lines) + "\n"
-    lines.append("Mean over episodes of each episode's mean over the second ending h seconds after the "
-                 "last context frame (PSNR in dB; sharpness = predicted / true).")
-    for m in METRICS:
-        head = ["split", "episodes", *[f"{LABELS[m]} @{h}s" for h in HORIZONS_S]]
-        lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for split, values in summary["mean"].items():
-            cells = [split, str(values["episodes"]), *(_cell(m, values[f"{m}@{h}s"]) for h in HORIZONS_S)]
-            lines.append("| " + " | ".join(cells) + " |")
-        ci = summary.get("ci95", {})
-        lines.append("| 95% interval (all, bootstrap over episodes) | | "
-                     + " | ".join(_interval(m, ci.get(f"{m}@{h}s")) for h in HORIZONS_S) + " |")
-    acc = summary.get("action_accuracy")
-    if acc:
-        lines += ["", f"Action accuracy: an inverse-dynamics model reads each pair of consecutive frames "
-                  f"({acc['episodes']} episodes); on the true frames it gives the ceiling, on copy-last "
-                  "(no motion) the floor. Balanced accuracy = mean of the hit rate and the correct-"
-                  "rejection rate (0.5 = chance).", "",
-                  "| button | pressed | accuracy, truth | accuracy, predictor | balanced, truth "
-                  "| balanced, predictor |",
-                  "|---|---|---|---|---|---|"]
-        for b, t in acc["truth"].items():
-            p = acc["predictor"][b]
-            lines.append(f"| {b} | {_pct(t['pressed'])} | {_pct(t['accuracy'])} | {_pct(p['accuracy'])} "
-                         f"| {_pct(t['balanced'])} | {_pct(p['balanced'])} |")
-    return "\n".join(lines) + "\n"
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.0f}%"
-
-
-def _interval(metric: str, ci: list[float] | None) -> str:
-    return "-" if ci is None else f"[{_cell(metric, ci[0])}, {_cell(metric, ci[1])}]"
-
-
-def _cell(metric: str, value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}" if metric == "psnr" else f"{value:.3f}"
-
-
-def plot(rows: list[dict[str, Any]], fps: float, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ok = [r for r in rows if r["status"] == "ok"]
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
-    for r in ok:
-        t = (np.arange(len(r["psnr_curve"])) + 1) / fps
-        ax.plot(t, r["psnr_curve"], lw=0.8, alpha=0.5, label=r["name"])
-    if ok:
-        n = min(len(r["psnr_curve"]) for r in ok)
-        mean = np.mean([r["psnr_curve"][:n] for r in ok], axis=0)
-        ax.plot((np.arange(n) + 1) / fps, mean, color="black", lw=2, label="mean")
-    ax.set(xlabel="seconds after the context", ylabel="PSNR (dB)", title=title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)

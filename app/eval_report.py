@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from app.eval import HORIZONS_S, LABELS, METRICS, _cell, _interval, _pct
+from app.eval_summary import HORIZONS_S, LABELS, METRICS, _cell, _fd_cell, _interval, _pct
 
 FPS = 17.5
 
@@ -99,6 +99,13 @@ def build_report(root: str | Path) -> Path:
                 cells = [f"{_cell(m, mean[f'{m}@{h}s'])} {_interval(m, ci.get(f'{m}@{h}s'))}"
                          if mean.get(f"{m}@{h}s") is not None else "-" for h in HORIZONS_S]
                 lines.append(f"| {s['predictor']} | {mean['episodes']} | " + " | ".join(cells) + " |")
+        fds = [(s, s["frechet"]) for s, _ in group if s.get("frechet")]
+        if fds:
+            lines += ["", "**Fréchet distance** (generated vs true frames per horizon bucket, tokenizer features; "
+                      "lower is better)", "", "| predictor | " + " | ".join(f"@{h}s" for h in HORIZONS_S) + " |",
+                      "|" + "---|" * (len(HORIZONS_S) + 1)]
+            for s, fd in fds:
+                lines.append(f"| {s['predictor']} | " + " | ".join(_fd_cell(fd, f"@{h}s") for h in HORIZONS_S) + " |")
         accs = [(s, s["action_accuracy"]) for s, _ in group if s.get("action_accuracy")]
         if accs:
             buttons = list(accs[0][1]["truth"])

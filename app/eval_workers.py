@@ -24,7 +24,7 @@ _state: dict[str, Any] = {}
 
 
 def _init(args: Any, threads: int) -> None:
-    from app.eval import load_eval_idm, make_predictor
+    from app.eval import load_eval_features, load_eval_idm, make_predictor
     from engine.precision import set_threads
     from world.suite import load_suite
 
@@ -32,14 +32,15 @@ def _init(args: Any, threads: int) -> None:
     suite = load_suite(args.suite)
     _state.update(args=args, fps=suite.fps, episodes={ep.name: ep for ep in suite.episodes},
                   predictor=make_predictor(args),
-                  idm=load_eval_idm(args.idm)[0] if args.mode == "open-loop" else None)
+                  idm=load_eval_idm(args.idm)[0] if args.mode == "open-loop" else None,
+                  features=load_eval_features(args.fd)[0] if args.mode == "open-loop" else None)
 
 
 def _score(name: str) -> dict[str, Any]:
     from app.eval import score_item
 
     s = _state
-    return score_item(s["episodes"][name], s["predictor"], s["idm"], s["args"], s["fps"])
+    return score_item(s["episodes"][name], s["predictor"], s["idm"], s["args"], s["fps"], s["features"])
 
 
 def score_in_workers(args: Any, names: list[str], threads: int, finished: Callable[[dict[str, Any]], None]) -> None:

@@ -120,6 +120,9 @@ def test_eval_baseline_outputs(tmp_path: Path, capsys: pytest.CaptureFixture[str
         assert (tmp_path / name).stat().st_size > 0
     assert "| all | 2 |" in (tmp_path / "summary.md").read_text()
     assert abs(mean["sharp@1s"] - 1) < 0.2 and 0 <= mean["hist@1s"] < 0.5  # copying keeps the look
+    fd = summary["frechet"]  # the bundled tokenizer's features: FD per horizon bucket with intervals
+    assert fd["episodes"] == 2 and fd["fd"]["@1s"] > 0 and fd["fd"]["@5s"] > 0 and "@30s" not in fd["fd"], fd
+    assert "Fréchet distance" in (tmp_path / "summary.md").read_text()
     # A rerun resumes: the scored rows are kept as they were.
     assert main(args) == 0
     again = [json.loads(line) for line in (tmp_path / "episodes.jsonl").read_text().splitlines()]

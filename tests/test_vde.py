@@ -108,3 +108,23 @@ def test_eval_videos_marks_a_bad_file_failed_and_resumes(tmp_path: Path, capsys:
     assert scored == ["broken.mp4"]  # finished videos are not redone; the failed one is retried
     assert "2 scored, 1 failed" in capsys.readouterr().out
     assert main(["eval-videos", str(tmp_path / "nothing")]) == 2
+
+
+def test_frechet_distance_by_hand_and_its_direction() -> None:
+    """FD of two Gaussians' samples: 0 for the same set, the squared mean shift for a shifted one;
+    per-bucket stats from episodes add up, and a bigger change is further."""
+    from eval.fd import add_stats, aggregate_fd, episode_fd_stats, frechet, stats
+
+    g = np.random.default_rng(0)
+    a = g.normal(0, 1, (4000, 3))
+    assert frechet(stats(a), stats(a)) == pytest.approx(0, abs=1e-6)
+    assert frechet(stats(a), stats(a + np.array([2.0, 0, 0]))) == pytest.approx(4.0, rel=1e-6)
+    half = add_stats(add_stats(None, stats(a[:2000])), stats(a[2000:]))
+    assert frechet(half, stats(a)) == pytest.approx(0, abs=1e-6)
+    true = g.normal(0, 1, (3, 35, 8, 4, 4))  # 3 episodes x 35 frames of (C, h, w) latents
+    rows = [{"fd_stats": episode_fd_stats(t + 0.1 * g.normal(size=t.shape), t, 17.5, (1, 2))} for t in true]
+    far = [{"fd_stats": episode_fd_stats(t + 2.0, t, 17.5, (1, 2))} for t in true]
+    near_fd, far_fd = aggregate_fd(rows), aggregate_fd(far)
+    assert set(near_fd["fd"]) == {"@1s", "@2s"} and near_fd["fd"]["@1s"] < far_fd["fd"]["@1s"]
+    lo, hi = far_fd["ci95"]["@1s"]
+    assert lo <= far_fd["fd"]["@1s"] <= hi * 1.0001
