@@ -46,6 +46,8 @@ from eval.idm import BUNDLED as BUNDLED_IDM
 from eval.idm import InverseDynamics, accuracy, add_confusion, confusion, load_idm
 from eval.idm import predict as idm_predict
 from eval.metrics import color_hist_distance, psnr, sharpness, ssim
+from eval.vde import video_vde
+from eval.video_metrics import score_frames
 from world.suite import EvalEpisode, episode_row, load_suite
 
 MODES = ("open-loop", "next-frame")
@@ -145,8 +147,41 @@ def _action_scores(idm: InverseDynamics, truth: np.ndarray, pred: np.ndarray, k:
             "idm_truth": confusion(idm_predict(idm, truth[k - 1 : k + len(pred)]), given)}
 
 
+def _vde_scores(pred: np.ndarray, latents: np.ndarray | None) -> dict[str, float | None]:
+    """VDE (eval/vde.py, 10 chunks, linear weights) of each no-ground-truth metric of the
+    predicted video; None where it is infinite (a first chunk at 0)."""
+    if len(pred) < 10:
+        return {}
+    scores = score_frames(pred, (lambda _: latents) if latents is not None else None)
+    out: dict[str, float | None] = {}
+    for name, per_frame in scores.items():
+        value = video_vde(per_frame)
+        out[name] = value if np.isfinite(value) else None
+    return out
+
+
+def write_strip(path: Path, truth: np.ndarray, pred: np.ndarray, fps: float) -> None:
+    """One picture: the true and the predicted frame at the end of each horizon."""
+    from PIL import Image, ImageDraw
+
+    ends = [(h, round(h * fps)) for h in HORIZONS_S if round(h * fps) <= len(pred)]
+    if not ends:
+        return
+    h, w = pred.shape[1:3]
+    sheet = Image.new("RGB", (60 + w * len(ends), 14 + 2 * h), "white")
+    draw = ImageDraw.Draw(sheet)
+    for row, (label, frames) in enumerate((("true", truth), ("model", pred))):
+        draw.text((4, 14 + row * h + h // 2 - 5), label, fill="black")
+        for col, (sec, end) in enumerate(ends):
+            if row == 0:
+                draw.text((60 + col * w + 4, 1), f"{sec} s", fill="black")
+            sheet.paste(Image.fromarray(frames[end - 1]), (60 + col * w, 14 + row * h))
+    sheet.save(path)
+
+
 def score_episode(ep: EvalEpisode, predictor: Predictor, fps: float, seconds: float | None,
-                  seed: int, idm: InverseDynamics | None = None, features: Any = None) -> dict[str, Any]:
+                  seed: int, idm: InverseDynamics | None = None, features: Any = None,
+                  strip: Path | None = None) -> dict[str, Any]:
     truth = ep.render()
     k = ep.context_frames
     horizon = len(truth) - k if seconds is None else min(len(truth) - k, round(seconds * fps))
@@ -169,8 +204,12 @@ def score_episode(ep: EvalEpisode, predictor: Predictor, fps: float, seconds: fl
         row[f"{m}_curve"] = [round(float(v), 4) for v in curves[m]]
     if idm is not None:
         row.update(_action_scores(idm, truth, pred, k, actions))
-    if features is not None:
-        row["fd_stats"] = episode_fd_stats(features(pred), features(target), fps, HORIZONS_S)
+    latents = features(pred) if features is not None else None
+    if latents is not None:
+        row["fd_stats"] = episode_fd_stats(latents, features(target), fps, HORIZONS_S)
+    row["vde"] = _vde_scores(pred, latents)
+    if strip is not None:
+        write_strip(strip, target, pred, fps)
     return row
 
 
@@ -208,12 +247,12 @@ def _scores(curves: dict[str, np.ndarray], window: slice, suffix: str) -> dict[s
 
 
 def score_item(ep: EvalEpisode, predictor: Predictor, idm: InverseDynamics | None, args: EvalArgs,
-               fps: float, features: Any = None) -> dict[str, Any]:
+               fps: float, features: Any = None, strip: Path | None = None) -> dict[str, Any]:
     """One episode's row; a failure is that episode's row (status "failed"), never a raise."""
     try:
         if args.mode == "next-frame":
             return score_next_frame(ep, predictor, args.starts, args.seed)
-        return score_episode(ep, predictor, fps, args.seconds, args.seed, idm, features)
+        return score_episode(ep, predictor, fps, args.seconds, args.seed, idm, features, strip)
     except Exception as e:  # one bad episode must not lose the others
         return {**episode_row(ep), "predictor": predictor.name, "status": "failed",
                 "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(limit=5)}
@@ -245,14 +284,16 @@ def run_eval(args: EvalArgs) -> dict[str, Any]:
     if args.ray_address is not None and todo:
         from app.eval_workers import score_in_ray
 
-        score_in_ray(args, [ep.name for ep in todo], threads, finished, args.ray_address)
+        score_in_ray(args, [ep.name for ep in todo], threads, finished, args.ray_address,
+                     (episodes[0].name, out / "strip.png"))
     elif args.workers > 1 and todo:
         from app.eval_workers import score_in_workers
 
-        score_in_workers(args, [ep.name for ep in todo], threads, finished)
+        score_in_workers(args, [ep.name for ep in todo], threads, finished, (episodes[0].name, out / "strip.png"))
     else:
         for ep in tqdm(todo, desc="eval", unit="episode", file=sys.stderr, disable=None):
-            finished(score_item(ep, predictor, idm, args, suite.fps, features))
+            finished(score_item(ep, predictor, idm, args, suite.fps, features,
+                                out / "strip.png" if ep.name == episodes[0].name else None))
     rows = [done[ep.name] for ep in episodes if ep.name in done]
     _write_rows(out, rows)
     summary = aggregate(rows, args.mode)
@@ -323,6 +364,11 @@ def aggregate(rows: list[dict[str, Any]], mode: str = "open-loop") -> dict[str, 
         out["action_accuracy"] = {"episodes": len(scored), "predictor": accuracy(pred), "truth": accuracy(truth)}
     if any(r.get("fd_stats") for r in ok):
         out["frechet"] = aggregate_fd(ok)
+    names = sorted({n for r in ok for n in r.get("vde", {})})
+    if names:
+        values = {n: [r["vde"][n] for r in ok if r.get("vde", {}).get(n) is not None] for n in names}
+        out["vde"] = {n: {"mean": float(np.mean(v)) if v else None, "ci95": bootstrap_ci(v), "episodes": len(v)}
+                      for n, v in values.items()}
     return out
 
 

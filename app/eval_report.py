@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from app.eval_summary import HORIZONS_S, LABELS, METRICS, _cell, _fd_cell, _interval, _pct
+from app.eval_summary import HORIZONS_S, LABELS, METRICS, _cell, _fd_cell, _interval, _pct, _vde_cell
 
 FPS = 17.5
 
@@ -79,8 +79,8 @@ def _plot(runs: list[tuple[dict[str, Any], list[dict[str, Any]]]], metric: str, 
 def build_report(root: str | Path) -> Path:
     """Write ``root``/report.md (+ plots) from the runs stored under ``root``; returns its path."""
     root = Path(root)
-    runs = [(json.loads((r / "summary.json").read_text()), _rows(r)) for r in find_runs(root)]
-    runs = [(s, rows) for s, rows in runs if s.get("mode", "open-loop") == "open-loop"]
+    runs_all = [(json.loads((r / "summary.json").read_text()), _rows(r)) for r in find_runs(root)]
+    runs = [(s, rows) for s, rows in runs_all if s.get("mode", "open-loop") == "open-loop"]
     if not runs:
         raise ValueError(f"{root}: no open-loop eval results (summary.json + episodes.jsonl) under it")
     lines = [f"# Evaluation report: {len(runs)} run(s) under {root}", "",
@@ -106,6 +106,14 @@ def build_report(root: str | Path) -> Path:
                       "|" + "---|" * (len(HORIZONS_S) + 1)]
             for s, fd in fds:
                 lines.append(f"| {s['predictor']} | " + " | ".join(_fd_cell(fd, f"@{h}s") for h in HORIZONS_S) + " |")
+        vdes = [(s, s["vde"]) for s, _ in group if s.get("vde")]
+        if vdes:
+            names = list(vdes[0][1])
+            lines += ["", "**Drift (VDE per metric of the predicted video; lower is better)**", "",
+                      "| predictor | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 1)]
+            for s, v in vdes:
+                lines.append(f"| {s['predictor']} | " + " | ".join(_vde_cell(v[n]) if n in v else "-" for n in names)
+                             + " |")
         accs = [(s, s["action_accuracy"]) for s, _ in group if s.get("action_accuracy")]
         if accs:
             buttons = list(accs[0][1]["truth"])
@@ -116,10 +124,16 @@ def build_report(root: str | Path) -> Path:
             for s, acc in accs:
                 lines.append(f"| {s['predictor']} | "
                              + " | ".join(_pct(acc["predictor"][b]["balanced"]) for b in buttons) + " |")
-    for metric in ("psnr", "ssim"):
+    for metric in ("psnr", "ssim", "hist"):
         plot = _plot(runs, metric, root / f"report_{metric}.png")
         if plot is not None:
             lines += ["", f"![{LABELS[metric]} over time]({plot.name})"]
+    strips = [(run, s) for run, (s, _) in zip(find_runs(root), runs_all, strict=True) if (run / "strip.png").is_file()]
+    if strips:
+        lines += ["", "## Frames at each horizon (each run's first episode: true above, predicted below)"]
+        for run, s in strips:
+            image = (run / "strip.png").relative_to(root)
+            lines += ["", f"{s['predictor']} ({s['suite']}):", "", f"![{s['predictor']}]({image})"]
     path = root / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

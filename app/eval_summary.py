@@ -45,6 +45,12 @@ def markdown(summary: dict[str, Any]) -> str:
                   f"{fd['episodes']} episodes; lower is better), 95% bootstrap interval:", "",
                   "| " + " | ".join(f"@{h}s" for h in HORIZONS_S) + " |", "|" + "---|" * len(HORIZONS_S),
                   "| " + " | ".join(_fd_cell(fd, f"@{h}s") for h in HORIZONS_S) + " |"]
+    vde = summary.get("vde")
+    if vde:
+        lines += ["", "Drift of the predicted video on its own: VDE (10 chunks, linear weights; lower is better; "
+                  "docs/eval.md), mean over episodes with its 95% interval:", "",
+                  "| " + " | ".join(vde) + " |", "|" + "---|" * len(vde),
+                  "| " + " | ".join(_vde_cell(v) for v in vde.values()) + " |"]
     acc = summary.get("action_accuracy")
     if acc:
         lines += ["", f"Action accuracy: an inverse-dynamics model reads each pair of consecutive frames "
@@ -66,6 +72,12 @@ def _fd_cell(fd: dict[str, Any], key: str) -> str:
     if value is None:
         return "-"
     return f"{value:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
+
+def _vde_cell(v: dict[str, Any]) -> str:
+    if v["mean"] is None:
+        return "-"
+    return f"{v['mean']:.2f}" + (f" [{v['ci95'][0]:.2f}, {v['ci95'][1]:.2f}]" if v.get("ci95") else "")
 
 
 def _pct(value: float | None) -> str:

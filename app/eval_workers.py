@@ -36,19 +36,22 @@ def _init(args: Any, threads: int) -> None:
                   features=load_eval_features(args.fd)[0] if args.mode == "open-loop" else None)
 
 
-def _score(name: str) -> dict[str, Any]:
+def _score(name: str, strip: Any = None) -> dict[str, Any]:
     from app.eval import score_item
 
     s = _state
-    return score_item(s["episodes"][name], s["predictor"], s["idm"], s["args"], s["fps"], s["features"])
+    return score_item(s["episodes"][name], s["predictor"], s["idm"], s["args"], s["fps"], s["features"], strip)
 
 
-def score_in_workers(args: Any, names: list[str], threads: int, finished: Callable[[dict[str, Any]], None]) -> None:
-    """Score episodes ``names`` in ``args.workers`` processes; ``finished(row)`` as each ends."""
+def score_in_workers(args: Any, names: list[str], threads: int, finished: Callable[[dict[str, Any]], None],
+                     strip: tuple[str, Any] | None = None) -> None:
+    """Score episodes ``names`` in ``args.workers`` processes; ``finished(row)`` as each ends;
+    ``strip`` (episode, path): that episode also draws its frame strip there."""
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=min(args.workers, len(names)), mp_context=ctx,
                              initializer=_init, initargs=(args, threads)) as pool:
-        futures = {pool.submit(_score, name): name for name in names}
+        futures = {pool.submit(_score, name, strip[1] if strip and strip[0] == name else None): name
+                   for name in names}
         for future in tqdm(as_completed(futures), total=len(futures), desc=f"eval x{args.workers}", unit="episode",
                            file=sys.stderr, disable=None):
             finished(future.result())
@@ -60,12 +63,12 @@ class _RayScorer:
     def __init__(self, args: Any, threads: int) -> None:
         _init(args, threads)
 
-    def score(self, name: str) -> dict[str, Any]:
-        return _score(name)
+    def score(self, name: str, strip: Any = None) -> dict[str, Any]:
+        return _score(name, strip)
 
 
 def score_in_ray(args: Any, names: list[str], threads: int, finished: Callable[[dict[str, Any]], None],
-                 address: str) -> None:
+                 address: str, strip: tuple[str, Any] | None = None) -> None:
     """Score episodes ``names`` in ``args.workers`` Ray actors (``threads`` CPUs each)."""
     try:
         import ray
@@ -81,7 +84,8 @@ def score_in_ray(args: Any, names: list[str], threads: int, finished: Callable[[
     try:
         actor = ray.remote(num_cpus=threads)(_RayScorer)
         pool = ActorPool([actor.remote(args, threads) for _ in range(min(args.workers, len(names)))])
-        results = pool.map_unordered(lambda a, name: a.score.remote(name), names)
+        results = pool.map_unordered(
+            lambda a, name: a.score.remote(name, strip[1] if strip and strip[0] == name else None), names)
         for row in tqdm(results, total=len(names), desc=f"eval ray x{args.workers}", unit="episode",
                         file=sys.stderr, disable=None):
             finished(row)

@@ -123,6 +123,8 @@ def test_eval_baseline_outputs(tmp_path: Path, capsys: pytest.CaptureFixture[str
     fd = summary["frechet"]  # the bundled tokenizer's features: FD per horizon bucket with intervals
     assert fd["episodes"] == 2 and fd["fd"]["@1s"] > 0 and fd["fd"]["@5s"] > 0 and "@30s" not in fd["fd"], fd
     assert "Fréchet distance" in (tmp_path / "summary.md").read_text()
+    assert summary["vde"]["clarity"]["episodes"] == 2  # copy-last never changes: no drift at all
+    assert summary["vde"]["clarity"]["mean"] == 0 and summary["vde"]["dynamics"]["mean"] == 0
     # A rerun resumes: the scored rows are kept as they were.
     assert main(args) == 0
     again = [json.loads(line) for line in (tmp_path / "episodes.jsonl").read_text().splitlines()]
@@ -216,6 +218,8 @@ def test_eval_runs_every_pair_and_reports(tmp_path: Path, capsys: pytest.Capture
     assert "| copy-last | 2 |" in text and "| mean-frame | 2 |" in text and "[" in text  # intervals
     assert (tmp_path / "doom-minute" / "copy-last" / "summary.json").is_file()
     assert (tmp_path / "report_psnr.png").stat().st_size > 0
+    assert "Drift (VDE" in text and "Frames at each horizon" in text  # drift of each run; frame strips
+    assert (tmp_path / "doom-minute" / "mean-frame" / "strip.png").stat().st_size > 0
     report.unlink()
     capsys.readouterr()
     assert main(["eval-report", str(tmp_path)]) == 0
