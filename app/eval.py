@@ -170,7 +170,7 @@ def write_strip(path: Path, truth: np.ndarray, pred: np.ndarray, fps: float) -> 
     h, w = pred.shape[1:3]
     sheet = Image.new("RGB", (60 + w * len(ends), 14 + 2 * h), "white")
     draw = ImageDraw.Draw(sheet)
-    for row, (label, frames) in enumerate((("true", truth), ("model", pred))):
+    for row, (label, frames) in enumerate((("true", truth), ("predicted", pred))):
         draw.text((4, 14 + row * h + h // 2 - 5), label, fill="black")
         for col, (sec, end) in enumerate(ends):
             if row == 0:
