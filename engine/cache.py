@@ -79,13 +79,11 @@ class CacheContext:
     cache slots ``slots`` (any set of slots: the batch of every rollout in a scheduler tick).
     """
 
-    def __init__(self, cache: KVCache, slots: list[int], frame_index: torch.Tensor,
+    def __init__(self, cache: KVCache, slots: list[int], rows: slice | torch.Tensor, frame_index: torch.Tensor,
                  write_index: torch.Tensor, mask: torch.Tensor) -> None:
         self.cache = cache
         self.slots = slots
-        # Consecutive slots are a view of the buffers; others are gathered (a copy per layer).
-        self._view = slice(slots[0], slots[-1] + 1) if slots == list(range(slots[0], slots[-1] + 1)) else None
-        self._index = None if self._view is not None else torch.tensor(slots, device=cache.device)
+        self.rows = rows  # the slots as buffer rows: a slice (consecutive: a view) or an index (gathered)
         self.frame_index = frame_index  # (B, F) absolute frame number of each new frame
         self.write_index = write_index  # (B, F*N) buffer row of each new token
         self.mask = mask  # (B, 1, F*N, (S+R)*N) bool
@@ -96,9 +94,9 @@ class CacheContext:
         for b, slot in enumerate(self.slots):  # index_copy_ is several times faster than a batched scatter_
             k_all[slot].index_copy_(1, self.write_index[b], k[b].to(k_all.dtype))
             v_all[slot].index_copy_(1, self.write_index[b], v[b].to(v_all.dtype))
-        if self._view is not None:
-            return k_all[self._view], v_all[self._view]
-        return k_all.index_select(0, self._index), v_all.index_select(0, self._index)
+        if isinstance(self.rows, slice):
+            return k_all[self.rows], v_all[self.rows]
+        return k_all.index_select(0, self.rows), v_all.index_select(0, self.rows)
 
 
 class KVCache:
@@ -213,10 +211,10 @@ class KVCache:
             self._floor[x] = max(self._floor[x], self._lengths[x] + frames - self._r)
         batch = len(slots)
         s, r, w, n = self._s, self._r, self._w, self._n
-        if slots == list(range(slots[0], slots[0] + batch)):
-            lengths = self.lengths[slots[0]: slots[0] + batch]  # (B,)
-        else:
-            lengths = self.lengths[torch.tensor(slots, device=self.device)]
+        # Consecutive slots are a view of the buffers; others are gathered (a copy per layer).
+        consecutive = slots == list(range(slots[0], slots[0] + batch))
+        slot_rows = slice(slots[0], slots[0] + batch) if consecutive else torch.tensor(slots, device=self.device)
+        lengths = self.lengths[slot_rows]  # (B,)
         new = lengths[:, None] + torch.arange(frames, device=self.device)  # (B, F)
         end = lengths[:, None] + frames  # (B, 1) frames present after the write
 
@@ -232,7 +230,7 @@ class KVCache:
         buffer_frame = torch.where(new < s, new, s + torch.remainder(new - s, r))  # (B, F)
         rows = buffer_frame[:, :, None] * n + self._token_offsets  # (B, F, N)
         write_index = rows.reshape(batch, frames * n)
-        return CacheContext(self, slots, new, write_index, mask)
+        return CacheContext(self, slots, slot_rows, new, write_index, mask)
 
 
 class FullContext:
