@@ -31,7 +31,7 @@ from engine.config import EngineConfig, SamplerConfig, get_preset
 from engine.decoder import FrameDecoder, StandInDecoder
 from engine.model.dit import DiT
 from engine.runner import Runner
-from engine.sampler import SAMPLERS, Denoiser, make_sigmas
+from engine.sampler import SAMPLERS, Denoiser, make_sigmas, noise_like
 from engine.timing import StageTimer
 from engine.tokenizer import TokenizerDecoder, has_tokenizer, load_tokenizer
 from engine.types import Frame
@@ -354,8 +354,8 @@ def generate(engines: Sequence[Engine], actions: Sequence[Action], draft: bool =
     timer = StageTimer(first.device)
     ts = [e._t + 1 for e in engines]
     a = _same([actions_to_tensor([act], first.device).view(1, 1, -1) for act in actions])  # (B, 1, A)
-    noise = _same([torch.randn(first._latent_shape, generator=e._generator, device=first.device)
-                   for e in engines])  # (B, C, h, w)
+    gens = first._generator if len(engines) == 1 else [e._generator for e in engines]
+    noise = noise_like(torch.empty((len(engines), *first._latent_shape[1:]), device=first.device), gens)
     if first.recompute:
         x0 = _same([first._sampler(e._denoiser_recompute(t, a[i : i + 1]), noise[i : i + 1], e._sigmas, e._generator)
                     for i, (e, t) in enumerate(zip(engines, ts, strict=True))])
@@ -363,7 +363,6 @@ def generate(engines: Sequence[Engine], actions: Sequence[Action], draft: bool =
         preds = [e._predecessor() for e in engines]
         prev = _same([p[0] for p in preds])  # (B, 1, C, h, w)
         prev_sigma = _same([p[1] for p in preds])  # (B, 1)
-        gens = first._generator if len(engines) == 1 else [e._generator for e in engines]
         x0 = first._sampler(_denoiser_batched(engines, a, prev, prev_sigma), noise, first._sigmas, gens)
     clip = first.config.model.latent_clip
     if clip > 0:  # a rollout must stay where the tokenizer's latents live, or it feeds on its own blow-up
