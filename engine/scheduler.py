@@ -79,6 +79,11 @@ class Scheduler:
         return [self._rollouts[s] for s in sorted(self._rollouts)]
 
     @property
+    def size(self) -> int:
+        """Rollouts joined (safe to read from another thread while the engine thread joins/leaves)."""
+        return len(self._rollouts)
+
+    @property
     def capacity(self) -> int:
         return self.runner.cache.shape.slots
 

@@ -42,6 +42,7 @@ from app.play.session import FrameOut, Plan, PlaySession, SessionInfo, Tick
 from app.scenes import SceneStarter, available_starts, resolve_start
 from engine.action import NOOP
 from engine.decoder import StandInDecoder
+from engine.engine import Engine
 from engine.precision import hardware
 from engine.scheduler import Scheduler
 from engine.types import Frame
@@ -116,15 +117,14 @@ class Hub:
         self.args = args
         recordings = check_writable_dir(args.recordings, "--recordings")  # now, not at the first recording
         try:
-            self.scheduler = self._warm(spec)
+            base, self.scheduler = self._warm(spec)
         except Exception as e:  # torch.compile needs a working C++ toolchain; play must still start
             if not spec.compile:
                 raise
             log.warning("torch.compile failed (%s: %s); serving without --compile", type(e).__name__, e)
             spec = dataclasses.replace(spec, compile=False)
-            self.scheduler = self._warm(spec)
+            base, self.scheduler = self._warm(spec)
         self.spec = spec  # the effective spec (recordings store it for replay)
-        base = self._base
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
         self.queue_depth = 0  # engine calls waiting or running
         self.frames_dropped = 0  # frames not sent because their client was behind (all sessions, ever)
@@ -144,11 +144,12 @@ class Hub:
         frame = base.config.frame
         self.frame_size = (frame.width, frame.height)
 
-    def _warm(self, spec: EngineSpec) -> Scheduler:
-        """The scheduler, its batched step run a few times at one and at every session (with
-        --compile: compiled for both) before players come; then every slot is free."""
+    def _warm(self, spec: EngineSpec) -> tuple[Engine, Scheduler]:
+        """The engine (its config and decoder describe every session's) and the scheduler, its
+        batched step run a few times at one and at every session (with --compile: compiled for
+        both) before players come; then every slot is free."""
         n = self.args.max_sessions
-        self._base = base = spec.build(slots=n, speculate=self.args.speculate)
+        base = spec.build(slots=n, speculate=self.args.speculate)
         sched = Scheduler.of(base, speculate=self.args.speculate, hold=self.args.hold)
         rollouts = [base] + [sched.join() for _ in range(1, n)]
         for r in rollouts:
@@ -158,11 +159,11 @@ class Hub:
                 sched.step([(r, NOOP) for r in rollouts[:size]])
         for r in rollouts:
             sched.leave(r)
-        return sched
+        return base, sched
 
     @property
     def sessions(self) -> int:
-        return len(self.scheduler.rollouts)
+        return self.scheduler.size  # read by /healthz on the event loop while the engine thread joins
 
     def open(self) -> PlaySession | None:
         """A session on a free slot (engine thread: the scheduler is the engine thread's), or None."""
