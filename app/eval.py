@@ -40,6 +40,7 @@ from tqdm import tqdm
 from app.eval_summary import HORIZONS_S, METRICS, markdown, plot
 from app.predictors import BASELINES, EnginePredictor, Predictor
 from engine.action import Action
+from engine.files import read_json_lines
 from engine.precision import set_threads
 from eval.fd import aggregate_fd, episode_fd_stats
 from eval.idm import BUNDLED as BUNDLED_IDM
@@ -313,14 +314,8 @@ def _keys(mode: str) -> list[str]:
 
 def _read_rows(path: Path, predictor: str, seconds: float | None, mode: str,
                idm: str | None = None, fd: str | None = None) -> dict[str, dict[str, Any]]:
-    if not path.exists():
-        return {}
     kept = {}
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
+    for row in read_json_lines(path):
         if (row.get("status") == "ok" and row.get("predictor") == predictor and row.get("seconds_limit") == seconds
                 and row.get("mode", "open-loop") == mode and row.get("idm_model") == idm
                 and row.get("fd_features") == fd):

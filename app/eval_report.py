@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from app.eval_summary import HORIZONS_S, LABELS, METRICS, _cell, _fd_cell, _interval, _pct, _vde_cell
+from engine.files import read_json_lines
 
 FPS = 17.5
 
@@ -27,15 +28,7 @@ def find_runs(root: Path) -> list[Path]:
 
 
 def _rows(run: Path) -> list[dict[str, Any]]:
-    rows = []
-    for line in (run / "episodes.jsonl").read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if row.get("status") == "ok":
-            rows.append(row)
-    return rows
+    return [row for row in read_json_lines(run / "episodes.jsonl") if row.get("status") == "ok"]
 
 
 def _band(curves: list[list[float]], seed: int = 0, resamples: int = 300) -> tuple[np.ndarray, ...]:

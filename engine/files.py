@@ -1,5 +1,6 @@
-"""Versioned JSON documents (checkpoint configs, tokenizer configs, eval suites): one reader; and
-the atomic write of a safetensors file + its JSON document (checkpoints, tokenizers)."""
+"""Versioned JSON documents (checkpoint configs, tokenizer configs, eval suites): one reader; the
+atomic write of a safetensors file + its JSON document (checkpoints, tokenizers, the IDM); and
+append-only JSON-lines files (shard indexes, eval rows) read back past a torn last line."""
 
 from __future__ import annotations
 
@@ -23,6 +24,22 @@ def read_json_doc(file: Path, kind: str, fmt: str, version: int, error: type[Val
     if doc.get("version") != version:
         raise error(f"{file}: unsupported version {doc.get('version')!r} (expected {version})")
     return doc
+
+
+def read_json_lines(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON-lines file, in order; a line that does not parse (the torn last
+    line of a killed run) or is not an object is skipped; no file: none."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
 
 
 def save_pair(folder: Path, weights: str, tensors: dict[str, torch.Tensor], config: str,

@@ -20,6 +20,7 @@ import av
 import numpy as np
 from tqdm import tqdm
 
+from engine.files import read_json_lines
 from eval.vde import WEIGHTS, chunk_means, vde
 from eval.video_metrics import Features, score_frames
 
@@ -107,16 +108,7 @@ def score_video(path: Path, chunks: int, kind: str, features: Features | None,
 
 def done_videos(out: Path) -> set[str]:
     """Videos with a successful line in ``out`` (a torn last line from a crash is ignored)."""
-    done: set[str] = set()
-    if out.is_file():
-        for line in out.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict) and row.get("ok"):
-                done.add(str(row.get("video")))
-    return done
+    return {str(row.get("video")) for row in read_json_lines(out) if row.get("ok")}
 
 
 def run_eval_videos(args: VideoArgs, features: Features | None = None) -> list[dict[str, Any]]:
@@ -152,14 +144,7 @@ def run_eval_videos(args: VideoArgs, features: Features | None = None) -> list[d
 
 
 def latest_rows(out: Path) -> list[dict[str, Any]]:
-    rows: dict[str, dict[str, Any]] = {}
-    for line in out.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict) and "video" in row:
-            rows[str(row["video"])] = row
+    rows = {str(row["video"]): row for row in read_json_lines(out) if "video" in row}
     return [rows[k] for k in sorted(rows)]
 
 

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from engine.files import read_json_lines
+
 INDEX = "index.jsonl"
 SHARDS = "shards"
 
@@ -54,18 +56,7 @@ def append_index(folder: Path, row: dict[str, Any]) -> None:
 
 def read_index(folder: Path) -> list[dict[str, Any]]:
     """Rows of ``index.jsonl`` whose shard exists; a torn last line (killed run) is skipped."""
-    path = folder / INDEX
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict) and (folder / str(row.get("file", ""))).is_file():
-            rows.append(row)
-    return rows
+    return [row for row in read_json_lines(folder / INDEX) if (folder / str(row.get("file", ""))).is_file()]
 
 
 def clean(folder: Path) -> list[dict[str, Any]]:
