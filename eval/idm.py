@@ -13,7 +13,6 @@ few percent of frames, so plain accuracy says little about it.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Iterator
@@ -24,11 +23,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from tqdm import tqdm
 
 from engine.action import BUTTONS, NUM_BUTTONS
+from engine.files import read_json_doc, save_pair
 
 FORMAT = "worldstream-idm"
 WEIGHTS, CONFIG = "idm.safetensors", "idm.json"
@@ -70,9 +70,9 @@ class InverseDynamics(nn.Module):
 def save_idm(folder: str | Path, model: InverseDynamics, meta: dict[str, Any]) -> Path:
     path = Path(folder)
     path.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().float().contiguous().cpu() for k, v in model.state_dict().items()}, path / WEIGHTS)
+    tensors = {k: v.detach().float().contiguous().cpu() for k, v in model.state_dict().items()}
     doc = {"format": FORMAT, "version": 1, "idm": asdict(model.cfg), "buttons": list(BUTTONS), "meta": meta}
-    (path / CONFIG).write_text(json.dumps(doc, indent=1) + "\n")
+    save_pair(path, WEIGHTS, tensors, CONFIG, doc)
     return path
 
 
@@ -80,9 +80,9 @@ def load_idm(folder: str | Path) -> InverseDynamics:
     path = Path(folder)
     if not (path / CONFIG).is_file() or not (path / WEIGHTS).is_file():
         raise ValueError(f"{path}: no IDM ({CONFIG} + {WEIGHTS}); train one with `worldstream train idm`")
-    doc = json.loads((path / CONFIG).read_text())
-    if doc.get("format") != FORMAT or doc.get("buttons") != list(BUTTONS):
-        raise ValueError(f"{path / CONFIG}: not a worldstream IDM for these buttons")
+    doc = read_json_doc(path / CONFIG, "worldstream IDM", FORMAT, 1, ValueError)
+    if doc.get("buttons") != list(BUTTONS):
+        raise ValueError(f"{path / CONFIG}: an IDM for other buttons ({doc.get('buttons')})")
     model = InverseDynamics(IdmConfig(**doc["idm"]))
     model.load_state_dict(load_file(str(path / WEIGHTS)))
     return model.eval().requires_grad_(False)
