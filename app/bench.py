@@ -23,7 +23,14 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from app.bench_scheduler import DEFAULT_TRACE, bench_sessions, bench_speculation, format_scheduler, load_trace
+from app.bench_scheduler import (
+    DEFAULT_TRACE,
+    bench_sessions,
+    bench_speculation,
+    format_scheduler,
+    load_trace,
+    percentile,
+)
 from app.engine_spec import default_model
 from app.play.session import jpeg_bytes
 from engine.action import BUTTONS, Action
@@ -131,14 +138,9 @@ def _run(engine: Engine, warmup: int, frames: int, seed: int, desc: str) -> dict
         "fps": frames / wall,
         "ms_per_frame": {k: statistics.fmean(v) for k, v in stages.items()},
         "ms_p50": {k: statistics.median(v) for k, v in stages.items()},
-        "ms_p95": {k: _p95(v) for k, v in stages.items()},
+        "ms_p95": {k: percentile(v, 0.95) for k, v in stages.items()},
         "first_frame_at_s": first_frame_at,
     }
-
-
-def _p95(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
 
 
 def run_bench(args: BenchArgs) -> dict[str, Any]:

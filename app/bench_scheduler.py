@@ -37,7 +37,8 @@ from world.suite import SuiteError, load_suite
 DEFAULT_TRACE = Path(__file__).resolve().parents[1] / "assets" / "eval" / "doom-minute.json"
 
 
-def _p(values: list[float], q: float) -> float:
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile of ``values`` by rank (no interpolation); 0 for no values."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
@@ -102,7 +103,7 @@ def bench_sessions(engine: Engine, sessions: int, warmup: int, frames: int, seed
     bar.close()
     out = {name: {"sessions": len(groups[name]), "aggregate_fps": len(groups[name]) * ticks[name] / wall[name],
                   "per_session_fps": ticks[name] / wall[name], "tick_ms_p50": statistics.median(per_tick[name]),
-                  "tick_ms_p95": _p(per_tick[name], 0.95)} for name in groups}
+                  "tick_ms_p95": percentile(per_tick[name], 0.95)} for name in groups}
     ratio = out["many"]["aggregate_fps"] / out["one"]["aggregate_fps"]
     return {**out, "rounds": rounds, "batch_invariant": engine.runner.batch_invariant,
             "ratio_to_one": ratio, "ratio_to_n_times_one": ratio / sessions}
@@ -138,8 +139,8 @@ def _realtime(sched: Scheduler, engine: Engine, trace: list[Action], fps: float,
     s = sched.stats.as_dict()
     delta = {k: s[k] - stats0[k] for k in ("frames", "generated", "drafted", "accepted", "discarded")}
     resolved = delta["accepted"] + delta["discarded"]
-    return {"frames": len(trace), "fps_delivered": len(trace) / wall, "latency_ms_p50": _p(latency, 0.5),
-            "latency_ms_p95": _p(latency, 0.95), "latency_ms_mean": statistics.fmean(latency),
+    return {"frames": len(trace), "fps_delivered": len(trace) / wall, "latency_ms_p50": percentile(latency, 0.5),
+            "latency_ms_p95": percentile(latency, 0.95), "latency_ms_mean": statistics.fmean(latency),
             "acceptance": delta["accepted"] / resolved if resolved else 0.0, "late_ticks": late,
             "model_frames_per_frame": (delta["generated"] + delta["drafted"]) / max(1, len(trace)), **delta}
 
