@@ -42,6 +42,7 @@ from app.predictors import BASELINES, EnginePredictor, Predictor
 from engine.action import Action
 from engine.files import read_json_lines
 from engine.precision import set_threads
+from eval.bootstrap import mean_interval
 from eval.fd import aggregate_fd, episode_fd_stats
 from eval.idm import BUNDLED as BUNDLED_IDM
 from eval.idm import InverseDynamics, accuracy, add_confusion, confusion, load_idm
@@ -282,19 +283,19 @@ def run_eval(args: EvalArgs) -> dict[str, Any]:
         done[row["name"]] = row
         _write_rows(out, [done[ep.name] for ep in episodes if ep.name in done])
 
+    strip = (episodes[0].name, out / "strip.png")  # the first episode also draws the frame strip
     if args.ray_address is not None and todo:
         from app.eval_workers import score_in_ray
 
-        score_in_ray(args, [ep.name for ep in todo], threads, finished, args.ray_address,
-                     (episodes[0].name, out / "strip.png"))
+        score_in_ray(args, [ep.name for ep in todo], threads, finished, args.ray_address, strip)
     elif args.workers > 1 and todo:
         from app.eval_workers import score_in_workers
 
-        score_in_workers(args, [ep.name for ep in todo], threads, finished, (episodes[0].name, out / "strip.png"))
+        score_in_workers(args, [ep.name for ep in todo], threads, finished, strip)
     else:
         for ep in tqdm(todo, desc="eval", unit="episode", file=sys.stderr, disable=None):
             finished(score_item(ep, predictor, idm, args, suite.fps, features,
-                                out / "strip.png" if ep.name == episodes[0].name else None))
+                                strip[1] if ep.name == strip[0] else None))
     rows = [done[ep.name] for ep in episodes if ep.name in done]
     _write_rows(out, rows)
     summary = aggregate(rows, args.mode)
@@ -374,7 +375,5 @@ def bootstrap_ci(values: list[float], seed: int = 0) -> list[float] | None:
     """95% interval of the mean over episodes: percentiles of 1000 resamples (with replacement)."""
     if len(values) < 2:
         return None
-    v = np.asarray(values, dtype=np.float64)
-    g = np.random.default_rng(seed)
-    means = v[g.integers(0, len(v), (BOOTSTRAP, len(v)))].mean(axis=1)
-    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+    lo, hi = mean_interval(np.asarray(values), BOOTSTRAP, seed)
+    return [float(lo), float(hi)]

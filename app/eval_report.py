@@ -18,6 +18,7 @@ import numpy as np
 
 from app.eval_summary import HORIZONS_S, LABELS, METRICS, _cell, _fd_cell, _interval, _pct, _vde_cell
 from engine.files import read_json_lines
+from eval.bootstrap import mean_interval
 
 FPS = 17.5
 
@@ -37,9 +38,7 @@ def _band(curves: list[list[float]], seed: int = 0, resamples: int = 300) -> tup
     mean = x.mean(0)
     if len(x) < 2:
         return mean, mean, mean
-    g = np.random.default_rng(seed)
-    means = x[g.integers(0, len(x), (resamples, len(x)))].mean(1)  # (resamples, T)
-    return mean, np.percentile(means, 2.5, axis=0), np.percentile(means, 97.5, axis=0)
+    return (mean, *mean_interval(x, resamples, seed))
 
 
 def _plot(runs: list[tuple[dict[str, Any], list[dict[str, Any]]]], metric: str, path: Path) -> Path | None:
