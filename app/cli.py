@@ -207,6 +207,8 @@ def _train_parsers(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--self-frames", type=int, default=3, help="self-generated history frames in such a clip")
     w.add_argument("--bf16", action="store_true", help="autocast the forward in bfloat16 (default: fp32)")
     w.add_argument("--teacher-steps", type=int, default=16, help="Euler steps of the exported teacher")
+    w.add_argument("--max-minutes", type=float, default=0.0,
+                   help="wall-clock budget: stop, checkpoint and end the LR schedule by then (default 0: none)")
     w.add_argument("--action-weight", type=float, default=1.0,
                    help="loss weight of frames just after an action change (default: 1, no emphasis)")
     w.add_argument("--init", default=None, metavar="DIR", help="start from this checkpoint's weights (fine-tune)")

@@ -89,6 +89,32 @@ def test_lr_schedule() -> None:
     assert all(lr_at(cfg, s) >= lr_at(cfg, s + 1) for s in range(10, 100))
 
 
+def test_lr_schedule_follows_the_time_budget_when_it_is_further_along() -> None:
+    cfg = LoopConfig(steps=10_000, lr=1.0, warmup=10, min_lr_ratio=0.1, max_seconds=100.0)
+    assert lr_at(cfg, 50, wall_s=0.0) == pytest.approx(lr_at(dataclasses.replace(cfg, max_seconds=0.0), 50))
+    assert lr_at(cfg, 50, wall_s=50.0) == pytest.approx(0.55)  # half the time: half way down the cosine
+    assert lr_at(cfg, 50, wall_s=100.0) == pytest.approx(0.1)
+
+
+def test_time_budget_stops_checkpoints_and_resumes_with_more_time(tmp_path: Path) -> None:
+    frames = _frames(8)
+    trainer = _tok_trainer(tmp_path / "t", 10_000, frames)
+    trainer.cfg = dataclasses.replace(trainer.cfg, max_seconds=0.5)
+    trainer.run()
+    state = json.loads((tmp_path / "t" / "train" / "state.json").read_text())
+    assert 0 < state["step"] < 10_000 and state["wall_s"] >= 0.5  # stopped by time, and checkpointed there
+    _, meta = load_tokenizer(tmp_path / "t")
+    assert meta["step"] == state["step"]  # the export is that step's
+    again = _tok_trainer(tmp_path / "t", 10_000, frames)  # same budget: spent, nothing to do
+    again.cfg = dataclasses.replace(again.cfg, max_seconds=0.5)
+    again.run()
+    assert json.loads((tmp_path / "t" / "train" / "state.json").read_text())["step"] == state["step"]
+    more = _tok_trainer(tmp_path / "t", 10_000, frames)  # a larger budget resumes
+    more.cfg = dataclasses.replace(more.cfg, max_seconds=1.0)
+    more.run()
+    assert json.loads((tmp_path / "t" / "train" / "state.json").read_text())["step"] > state["step"]
+
+
 def test_tokenizer_files_are_validated(tmp_path: Path) -> None:
     save_tokenizer(tmp_path, Tokenizer(TINY_TOK))
     doc = json.loads((tmp_path / "tokenizer.json").read_text())

@@ -53,10 +53,16 @@ class LoopConfig:
     checkpoint_every: int = 250
     log_every: int = 10
     seed: int = 0
+    # A wall-clock budget (0 = none): training stops, evaluates and checkpoints once its wall time
+    # (over all resumed sessions) reaches this, and the cosine schedule runs on whichever of
+    # steps or time is further along, so a budgeted run still ends at the LR floor.
+    max_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.checkpoint_every < 1 or self.log_every < 1:
             raise ValueError("steps, checkpoint_every and log_every must be >= 1")
+        if self.max_seconds < 0:
+            raise ValueError("max_seconds must be >= 0 (0: no time budget)")
         if not 0 <= self.ema < 1 or self.lr <= 0:
             raise ValueError("need lr > 0 and 0 <= ema < 1")
 
@@ -90,10 +96,14 @@ class StatefulTask(Task, Protocol):
         ...
 
 
-def lr_at(cfg: LoopConfig, step: int) -> float:
+def lr_at(cfg: LoopConfig, step: int, wall_s: float = 0.0) -> float:
+    """Linear warmup, then cosine to the floor over the steps, or over the time budget when
+    that is further along (``wall_s``: training time so far)."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
     progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    if cfg.max_seconds > 0:
+        progress = max(progress, min(1.0, wall_s / cfg.max_seconds))
     floor = cfg.lr * cfg.min_lr_ratio
     return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
@@ -123,6 +133,8 @@ class Trainer:
         self.dir.mkdir(parents=True, exist_ok=True)
         resumed = self._resume()
         end = self.cfg.steps if stop_after is None else min(self.cfg.steps, self.step + stop_after)
+        if self.cfg.max_seconds > 0 and self.wall_s >= self.cfg.max_seconds:
+            end = self.step  # the time budget is spent already: nothing to do
         bar = tqdm(total=self.cfg.steps, initial=self.step, desc="train", unit="step",
                    disable=not self.progress, dynamic_ncols=True)
         if resumed:
@@ -134,7 +146,7 @@ class Trainer:
         while self.step < end:
             t0 = time.perf_counter()
             gen.manual_seed(self.cfg.seed * 1_000_003 + self.step)
-            lr = lr_at(self.cfg, self.step)
+            lr = lr_at(self.cfg, self.step, self.wall_s)
             for group in self.opt.param_groups:
                 group["lr"] = lr
             self.model.train()
@@ -154,6 +166,9 @@ class Trainer:
             self.wall_s += time.perf_counter() - t0
             window.append({"loss": float(loss.detach()), "grad_norm": grad_norm, **extra})
             bar.update(1)
+            if self.cfg.max_seconds > 0 and self.wall_s >= self.cfg.max_seconds and self.step < end:
+                bar.write(f"time budget of {self.cfg.max_seconds:.0f} s reached at step {self.step}")
+                end = self.step  # evaluate, checkpoint and stop below
             if self.step % self.cfg.log_every == 0 or self.step == end:
                 row = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
                 now = time.perf_counter()
@@ -213,9 +228,10 @@ class Trainer:
             return False
         doc = json.loads(path.read_text())
         saved = from_dict(LoopConfig, doc["loop"], "loop")
-        if dataclasses.replace(saved, steps=self.cfg.steps) != dataclasses.replace(self.cfg, steps=self.cfg.steps):
+        budget = {"steps": self.cfg.steps, "max_seconds": self.cfg.max_seconds}
+        if dataclasses.replace(saved, **budget) != dataclasses.replace(self.cfg, **budget):
             raise ValueError(f"{path}: this run was started with other settings ({saved}); "
-                             f"use the same ones (only --steps may change) or a new --out")
+                             f"use the same ones (only --steps and the time budget may change) or a new --out")
         tensors = load_file(str(self.dir / STATE))
         dev = _device(self.model)
         self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})

@@ -76,6 +76,7 @@ class WorldArgs:
     self_prob: float = 0.0  # share of clips whose last history frames are the model's own 1-step samples
     self_frames: int = 3  # how many history frames are self-generated in such a clip
     bf16: bool = False  # autocast in bfloat16: slower here (4.2 vs 3.1 s/step fp32 on a 2-core AVX-512-BF16 Xeon)
+    max_minutes: float = 0.0  # wall-clock budget of the training (0 = none): stops, checkpoints, LR ends at its floor
 
     def __post_init__(self) -> None:
         if not 0 < self.target_prob <= 1:
@@ -90,6 +91,8 @@ class WorldArgs:
             raise ValueError("--target-one must be in [0, 1]")
         if self.window < 0 or self.copy_tau <= 0:
             raise ValueError("need --window >= 0 and --copy-tau > 0")
+        if self.max_minutes < 0:
+            raise ValueError("--max-minutes must be >= 0 (0: no time budget)")
         if self.init is not None and not Path(self.init).is_dir():
             raise ValueError(f"--init: checkpoint folder {self.init} does not exist")
 
@@ -289,6 +292,8 @@ class WorldTask:
         return out
 
     def export(self, ema: nn.Module, folder: Path, meta: dict[str, Any]) -> None:
+        step = int(meta.get("step", 0))
+        meta = {**meta, "clips_seen": step * self.args.batch, "frames_seen": step * self.args.batch * self.frames}
         save_checkpoint(folder, self.config, ema.state_dict(), meta=meta, dtype=torch.bfloat16)
         for name in (TOK_WEIGHTS, TOK_CONFIG):
             if (self.tokenizer_dir / name).resolve() != (folder / name).resolve():
@@ -365,7 +370,7 @@ def train_world(args: WorldArgs, progress: bool = True) -> dict[str, float]:
         init_from(model, args.init)
     model.to(device)
     loop = LoopConfig(steps=args.steps, lr=args.lr, warmup=200, ema=args.ema, checkpoint_every=args.checkpoint_every,
-                      seed=args.seed, bf16=args.bf16)
+                      seed=args.seed, bf16=args.bf16, max_seconds=args.max_minutes * 60)
     meta = {"kind": "teacher (flow matching)", **data_meta, "args": dataclasses.asdict(args),
             "hardware": hardware(device)}
     task = WorldTask(args, config, train_eps, eval_eps, tok_dir, device)
