@@ -17,7 +17,7 @@ rm -f carry/whl/*.whl
 $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 -d carry/whl vizdoom==1.3.2 gymnasium==1.4.0 farama-notifications==0.0.4
-zip -q -d carry/whl/vizdoom-*.whl 'vizdoom/freedoom1.wad' 'vizdoom/scenarios/*'
+zip -q -d carry/whl/vizdoom-*.whl 'vizdoom/freedoom1.wad'  # vizdoom's __init__ lists scenarios/: keep it
 cp "$INIT"/config.json "$INIT"/model.safetensors "$INIT"/tokenizer.json "$INIT"/tokenizer.safetensors carry/init/
 sha=$($PY -c "import hashlib,sys; print(hashlib.sha256(open(sys.argv[1],'rb').read()).hexdigest()[:12])" \
       carry/init/tokenizer.safetensors)

@@ -103,7 +103,7 @@ def encode(data: Path, init: Path, device: str) -> dict[str, int]:
     sha = file_sha(init / WEIGHTS)
     chunks = [rows[i::4] for i in range(4)]
     with ThreadPoolExecutor(4) as pool:
-        eps = [e for part in pool.map(lambda c: encode_episodes(data, c, encoder.encode, sha, batch=256,
+        eps = [e for part in pool.map(lambda c: encode_episodes(data, c, lambda x: encoder.encode(x.to(device)), sha, batch=256,
                                                                 progress=False), chunks) for e in part]
     return {"episodes": len(eps), "frames": sum(len(e.latents) for e in eps)}
 
