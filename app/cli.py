@@ -426,6 +426,31 @@ def _eval_videos(args: argparse.Namespace) -> int:
     return 0 if all(r.get("ok") for r in rows) else 1
 
 
+def pair_names(who: list[tuple[str, str]]) -> list[str]:
+    """One folder name per (kind, value) to evaluate: the predictor, preset-NAME, or the model
+    folder's name, with as many parent folders joined in as it takes to tell two models apart
+    (runs/gpu1/a and runs/gpu2/a -> gpu1-a, gpu2-a); a repeated argument gets a number."""
+    paths = {v: [p for p in Path(v).resolve().parts if p != "/"] for k, v in who if k == "model"}
+
+    def name(kind: str, value: str) -> str:
+        if kind != "model":
+            return value if kind == "predictor" else f"preset-{value}"
+        parts = paths[value]
+        others = [q for v, q in paths.items() if q != parts]
+        depth = 1
+        while depth < len(parts) and any(q[-depth:] == parts[-depth:] for q in others):
+            depth += 1
+        return "-".join(parts[-depth:]) or "model"
+
+    seen: dict[str, int] = {}
+    names = []
+    for kind, value in who:
+        n = name(kind, value)
+        seen[n] = seen.get(n, 0) + 1
+        names.append(n if seen[n] == 1 else f"{n}-{seen[n]}")
+    return names
+
+
 def _eval(args: argparse.Namespace) -> int:
     from app.eval import EvalArgs, run_eval
 
@@ -442,9 +467,9 @@ def _eval(args: argparse.Namespace) -> int:
     from app.eval_report import build_report
 
     summaries, failed = [], []
+    names = pair_names(who)
     for suite in suites:
-        for kind, value in who:
-            name = value if kind == "predictor" else f"preset-{value}" if kind == "preset" else Path(value).name
+        for (kind, value), name in zip(who, names, strict=True):
             out = Path(args.out) / Path(suite).stem / name
             try:
                 summaries.append(run_eval(EvalArgs(suite=suite, out=str(out), **{kind: value}, **common)))

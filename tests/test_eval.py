@@ -9,7 +9,7 @@ import av
 import numpy as np
 import pytest
 
-from app.cli import DEFAULT_SUITE, main
+from app.cli import DEFAULT_SUITE, main, pair_names
 from app.collect import DEFAULT_MAPS, EVAL_SEED_BASE
 from engine.action import Action
 from eval.metrics import PSNR_CAP, psnr, ssim
@@ -205,6 +205,13 @@ def test_eval_argument_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="--starts"):
         EvalArgs(suite=DEFAULT_SUITE, out=str(tmp_path), predictor="copy-last", mode="next-frame", starts=0)
     assert main(["eval", "--predictor", "copy-last", "--suite", str(tmp_path / "x.json"), "--out", str(tmp_path)]) == 2
+
+
+def test_pairs_get_one_folder_each_even_when_two_models_share_a_name(tmp_path: Path) -> None:
+    who = [("model", str(tmp_path / "gpu1" / "a")), ("model", str(tmp_path / "gpu2" / "a")),
+           ("model", str(tmp_path / "b")), ("predictor", "copy-last"), ("preset", "tiny"),
+           ("model", str(tmp_path / "b"))]
+    assert pair_names(who) == ["gpu1-a", "gpu2-a", "b", "copy-last", "preset-tiny", "b-2"]
 
 
 def test_eval_runs_every_pair_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
