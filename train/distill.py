@@ -39,7 +39,7 @@ from engine.model.dit import DiT
 from engine.sampler import Denoiser, linear_schedule, sample_consistency, sample_euler
 from train.data import LatentEpisode, file_sha
 from train.loop import LoopConfig, Trainer, hardware
-from train.world import WorldArgs, WorldTask, load_latent_data
+from train.world import WorldArgs, WorldTask, load_latent_data, randn
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ class DistillTask:
     def _context(self, x0: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """History written at the context level, as the engine writes it: (B, F, C, h, w)."""
         c = self.ctx_sigma
-        return (1 - c) * x0 + c * torch.randn(x0.shape, generator=g).to(self.device)
+        return (1 - c) * x0 + c * randn(tuple(x0.shape), g, self.device)
 
     def _levels(self, b: int, g: torch.Generator) -> torch.Tensor:
         """Grid positions n in 1..N of the targets: (B,) long."""
@@ -142,9 +142,9 @@ class DistillTask:
         dev_gen = torch.Generator(self.device).manual_seed(int(torch.randint(0, 2**62, (1,), generator=g)))
         c = self.ctx_sigma
         for j in range(f - 1 - k, f - 1):
-            noise = torch.randn(x[:, j].shape, generator=g).to(self.device)
+            noise = randn(tuple(x[:, j].shape), g, self.device)
             x0j = sample_consistency(self._denoiser(model, x, actions, ctx, j), noise, sigmas, dev_gen)
-            x[:, j] = (1 - c) * x0j + c * torch.randn(x0j.shape, generator=g).to(self.device)
+            x[:, j] = (1 - c) * x0j + c * randn(tuple(x0j.shape), g, self.device)
         return x
 
     def loss(self, model: nn.Module, g: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
@@ -166,7 +166,7 @@ class DistillTask:
         n = self._levels(b, g)
         s_n = (n.float() / self.n).to(dev)
         s_m = ((n - 1).float() / self.n).to(dev)
-        eps = torch.randn(x0[:, -1].shape, generator=g).to(dev)
+        eps = randn(tuple(x0[:, -1].shape), g, dev)
         x_n = (1 - s_n[:, None, None, None]) * x0[:, -1] + s_n[:, None, None, None] * eps
         teacher, target, student = (self._denoiser(net, x, actions, ctx) for net in (self.teacher, self.target, model))
         with torch.no_grad():
@@ -221,13 +221,12 @@ class DistillTask:
         if self._teacher_eval is None:
             g = torch.Generator().manual_seed(1234)
             held = self.clips.held_out
-            w = torch.tensor([float(len(e.latents)) for e in held])
-            x0, actions, index, _ = self.clips.sample_clips(held, w, self.args.eval_clips, g)
+            x0, actions, index, _ = self.clips.sample_clips(held, held.weights, self.args.eval_clips, g)
             x0, actions, index = x0.to(self.device), actions.to(self.device), index.to(self.device)
             m = self.config.model
             ctx = FullContext(index, m.tokens_per_frame, m.sink_frames, m.window_frames)
             x = self._context(x0, g)
-            noise = torch.randn(x0[:, -1].shape, generator=g).to(self.device)
+            noise = randn(tuple(x0[:, -1].shape), g, self.device)
             denoise = self._denoiser(self.teacher, x, actions, ctx)
             grid, half = self.grid.to(self.device), self.n // 2
             mid = sample_euler(denoise, noise, grid[: self.n - half + 1])  # at sigma grid[N - half] ~ 0.5
