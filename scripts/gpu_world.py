@@ -102,22 +102,49 @@ def encode(data: Path, init: Path, device: str) -> dict[str, int]:
     rows = episodes(data)
     sha = file_sha(init / WEIGHTS)
     chunks = [rows[i::4] for i in range(4)]
+
+    def enc(x: torch.Tensor) -> torch.Tensor:
+        return encoder.encode(x.to(device))
+
     with ThreadPoolExecutor(4) as pool:
-        eps = [e for part in pool.map(lambda c: encode_episodes(data, c, lambda x: encoder.encode(x.to(device)), sha, batch=256,
-                                                                progress=False), chunks) for e in part]
+        parts = pool.map(lambda c: encode_episodes(data, c, enc, sha, batch=256, progress=False), chunks)
+        eps = [e for part in parts for e in part]
     return {"episodes": len(eps), "frames": sum(len(e.latents) for e in eps)}
+
+
+def unpack(carry: Path, work: Path) -> Path:
+    """The carried latent pack as a data folder (the smoke test's data, and the fallback's)."""
+    data = work / "packed"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "pack_latents.py"), "unpack", str(carry / "latents.npz"),
+                    "--out", str(data)], check=True)
+    return data
+
+
+def smoke(args: argparse.Namespace, data: Path) -> None:
+    """Three training steps of every variant's recipe on the carried latents, on the device:
+    a bug in the device's code path fails here in seconds, not after collecting."""
+    from train.world import WorldArgs, train_world
+
+    for name in args.variants.split(","):
+        train_world(WorldArgs(**world_args(args, data, args.work / "smoke" / name, name, 0.0),
+                              steps=3, checkpoint_every=3), progress=False)
+
+
+def world_args(args: argparse.Namespace, data: Path, out: Path, name: str, minutes: float) -> dict:
+    """The recipe of variant ``name`` (shared settings + VARIANTS[name]), as WorldArgs fields."""
+    return dict(data=str(data), tokenizer=str(args.init), out=str(out), init=str(args.init),
+                copy_prior=True, copy_tau=0.7, window=8, context_sigma=0.1, target_one=0.3,
+                action_weight=3.0, batch=args.batch, lr=args.lr, ema=args.ema, teacher_steps=2,
+                held_out=2, device=args.device, bf16=args.device != "cpu", max_minutes=minutes,
+                seed=ord(name), **VARIANTS[name])
 
 
 def train(args: argparse.Namespace, data: Path, runs: Path, minutes: float) -> dict[str, int]:
     """Train the variants as parallel processes on the one device; returns their exit codes."""
     procs = {}
     for name in args.variants.split(","):
-        knobs = VARIANTS[name]
-        world = dict(data=str(data), tokenizer=str(args.init), out=str(runs / name), init=str(args.init),
-                     copy_prior=True, copy_tau=0.7, window=8, context_sigma=0.1, target_one=0.3,
-                     action_weight=3.0, batch=args.batch, steps=100_000, lr=args.lr, ema=args.ema,
-                     teacher_steps=2, checkpoint_every=args.checkpoint_every, held_out=2,
-                     device=args.device, bf16=args.device != "cpu", max_minutes=minutes, seed=ord(name), **knobs)
+        world = {**world_args(args, data, runs / name, name, minutes), "steps": 100_000,
+                 "checkpoint_every": args.checkpoint_every}
         code = ("import json, sys; from train.world import WorldArgs, train_world; "
                 f"r = train_world(WorldArgs(**json.loads({json.dumps(world)!r})), progress=False); print(r)")
         logf = open(runs / f"{name}.log", "w")
@@ -173,6 +200,9 @@ def main() -> None:
     runs.mkdir(parents=True, exist_ok=True)
     log(args.out, t0, f"python {sys.version.split()[0]}, {os.cpu_count()} cores, args {vars(args)}")
     install_wheels(args.carry)
+    packed = unpack(args.carry, args.work)
+    smoke(args, packed)
+    log(args.out, t0, "smoke test passed: 3 steps of every variant on the device")
     try:
         n = collect(args, data, t0 + args.collect_s)
         log(args.out, t0, f"collected {n} episodes into {data}")
@@ -180,11 +210,8 @@ def main() -> None:
         n = 0
         log(args.out, t0, f"collect failed: {type(e).__name__}: {e}")
     if n < 4:
-        packed = args.carry / "latents.npz"
-        log(args.out, t0, f"too few episodes ({n}): training on the carried {packed}")
-        data = args.work / "packed"
-        subprocess.run([sys.executable, str(ROOT / "scripts" / "pack_latents.py"), "unpack", str(packed),
-                        "--out", str(data)], check=True)
+        log(args.out, t0, f"too few episodes ({n}): training on the carried {args.carry / 'latents.npz'}")
+        data = packed
     stats = encode(data, args.init, args.device)
     log(args.out, t0, f"encoded {stats}")
     minutes = (args.budget - (time.time() - t0) - args.slack) / 60

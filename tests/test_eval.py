@@ -27,6 +27,17 @@ def test_shipped_suite_is_held_out_and_renders_exactly() -> None:
     assert frames.shape == (suite.episodes[0].frames, 120, 160, 3)
 
 
+def test_tuning_suite_is_apart_from_the_report_suite() -> None:
+    """assets/eval/doom-tune.json is for choosing knobs; doom-minute stays the report: no episode
+    (map, seed) in both, no training seed in either."""
+    tune = load_suite(Path(DEFAULT_SUITE).with_name("doom-tune.json"))
+    report = {(ep.map, ep.seed) for ep in load_suite(DEFAULT_SUITE).episodes}
+    assert tune.episodes and all(ep.seed >= EVAL_SEED_BASE for ep in tune.episodes)
+    assert not report & {(ep.map, ep.seed) for ep in tune.episodes}
+    for ep in tune.episodes:
+        ep.render()  # verifies every frame's sha256
+
+
 def test_every_suite_episode_verifies() -> None:
     for ep in load_suite(DEFAULT_SUITE).episodes[1:]:
         ep.render()
