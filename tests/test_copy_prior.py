@@ -10,6 +10,7 @@ import dataclasses
 import itertools
 from pathlib import Path
 
+import pytest
 import torch
 
 from engine.action import Action
@@ -134,9 +135,10 @@ def test_finetune_from_a_plain_checkpoint_starts_at_copy_last(tiny: EngineConfig
     torch.testing.assert_close(x - v, prev, atol=1e-6, rtol=0)
 
 
-def test_copy_prior_training_lowers_the_loss(tiny: EngineConfig) -> None:
+@pytest.mark.parametrize("loss", [{}, {"loss": "l1", "gdl": 1.0}], ids=["l2", "l1+gdl"])
+def test_copy_prior_training_lowers_the_loss(tiny: EngineConfig, loss: dict) -> None:
     config = _copy(tiny)
-    task = WorldTask(WorldArgs(data="-", tokenizer="-", out="-", frames=6, copy_prior=True, target_one=0.3),
+    task = WorldTask(WorldArgs(data="-", tokenizer="-", out="-", frames=6, copy_prior=True, target_one=0.3, **loss),
                      config, _episodes(config), [], Path("-"), torch.device("cpu"))
     model = _zero_head(config)
     losses, sigma = fit_one_batch(task, model, 150)

@@ -20,7 +20,7 @@ from tests.conftest import make_model
 from train.data import LatentEpisode
 from train.loop import LoopConfig, Trainer, lr_at
 from train.tokenizer import TokenizerTask
-from train.world import WorldArgs, WorldTask, action_change_weights
+from train.world import WorldArgs, WorldTask, action_change_weights, gradient_difference
 
 TINY_TOK = TokenizerConfig(latent_channels=4, widths=(8, 16), blocks=(0, 1), height=16, width=24)
 
@@ -205,6 +205,19 @@ def test_action_change_weights() -> None:
         WorldArgs(data="-", tokenizer="-", out="-", action_weight=0.5)
     with pytest.raises(ValueError, match="--init"):
         WorldArgs(data="-", tokenizer="-", out="-", init="/nonexistent")
+
+
+def test_gradient_difference_makes_blur_cost() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 4, 6, 8, generator=g)
+    blur = torch.nn.functional.avg_pool2d(x.flatten(0, 1), 3, 1, 1).reshape(x.shape)
+    assert gradient_difference(x, x).abs().max() == 0
+    assert (gradient_difference(blur, x) > 0.3).all()  # (B, F): every frame pays for its blur
+    assert gradient_difference(blur, x).shape == (2, 3)
+    with pytest.raises(ValueError, match="copy-prior"):
+        WorldArgs(data="-", tokenizer="-", out="-", gdl=1.0)
+    with pytest.raises(ValueError, match="--loss"):
+        WorldArgs(data="-", tokenizer="-", out="-", loss="huber", copy_prior=True)
 
 
 def test_teacher_forced_clip_equals_cached_steps(tiny: EngineConfig) -> None:
