@@ -475,8 +475,10 @@ def _eval(args: argparse.Namespace) -> int:
     for suite in suites:
         for (kind, value), name in zip(who, names, strict=True):
             out = Path(args.out) / Path(suite).stem / name
+            # --steps/--sampler set the models' sampling; a baseline beside them has none to set
+            fields = {**common, "steps": None, "sampler": None} if kind == "predictor" else common
             try:
-                summaries.append(run_eval(EvalArgs(suite=suite, out=str(out), **{kind: value}, **common)))
+                summaries.append(run_eval(EvalArgs(suite=suite, out=str(out), **{kind: value}, **fields)))
             except (ValueError, OSError) as e:  # one pair's failure is that pair's; the others go on
                 failed.append(f"{Path(suite).stem} x {name}: {e}")
                 print(f"worldstream eval: {Path(suite).stem} x {name} failed: {e}", file=sys.stderr)

@@ -225,6 +225,16 @@ def test_pairs_get_one_folder_each_even_when_two_models_share_a_name(tmp_path: P
     assert pair_names(who) == ["gpu1-a", "gpu2-a", "b", "copy-last", "preset-tiny", "b-2"]
 
 
+def test_model_sampling_options_beside_a_baseline_apply_to_the_models(tmp_path: Path) -> None:
+    args = ["eval", "--predictor", "copy-last", "--preset", "tiny", "--steps", "2", "--episodes", "1", "--seconds",
+            "1", "--idm", "none", "--fd", "none", "--out", str(tmp_path)]
+    assert main(args) == 0  # the baseline is scored, not failed for having no sampler
+    def predictor(name: str) -> str:
+        return json.loads((tmp_path / "doom-minute" / name / "summary.json").read_text())["predictor"]
+
+    assert predictor("copy-last") == "copy-last" and predictor("preset-tiny").endswith("x2")
+
+
 def test_eval_runs_every_pair_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Two predictors on one suite: a folder per pair, then one report (tables with intervals,
     plots with bands); eval-report rebuilds it from the stored results alone."""
