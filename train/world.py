@@ -333,7 +333,7 @@ class WorldTask:
             if level < 1:
                 out[f"loss_s{int(level * 100)}"] = float(torch.stack(losses).mean())
                 continue
-            x0_hat = torch.cat(preds[0::2])[:, -1].cpu()
+            x0_hat = torch.cat(preds[0::2])[:, -1]
             out["mse_1step"] = float((x0_hat - x0[:, -1]).pow(2).mean())
             out["mse_copy"] = float((x0[:, -2] - x0[:, -1]).pow(2).mean())
         out["loss"] = (out["loss_s25"] + out["loss_s50"] + out["loss_s75"]) / 3
