@@ -82,28 +82,24 @@ class UNet(nn.Module):
         return stack[:, -1] + self.out(F.silu(x))
 
 
+def pick(bank: ClipBank, n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(episode (n,), rows (n, STACK + 1)): the last STACK + 1 frames up to a random target row."""
+    e = torch.multinomial(bank.weights, n, replacement=True, generator=g)
+    t = STACK + (torch.rand(n, generator=g) * (bank.lengths[e] - STACK)).long()
+    return e, bank.offsets[e, None] + t[:, None] + torch.arange(-STACK, 1)[None]
+
+
 def batch(bank: ClipBank, n: int,
           g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(stack (n, STACK, C, h, w) at the context level, action of the next frame (n, A), next
     latent, clean last latent (copy-last))."""
-    e = torch.multinomial(bank.weights, n, replacement=True, generator=g)
-    t = STACK + (torch.rand(n, generator=g) * (bank.lengths[e] - STACK)).long()
-    rows = bank.offsets[e, None] + t[:, None] + torch.arange(-STACK, 1)[None]
+    _, rows = pick(bank, n, g)
     lat = bank.latents[rows].float()
     stack = (1 - CONTEXT_SIGMA) * lat[:, :-1] + CONTEXT_SIGMA * torch.randn(lat[:, :-1].shape, generator=g)
     return stack, bank.actions[rows[:, -1]].float(), lat[:, -1], lat[:, -2]
 
 
-def gh_rows(bank: ClipBank) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(rows (256, STACK + 1), episode, t) that ``batch(bank, 256, seed 1234)`` reads (same draws)."""
-    g = torch.Generator().manual_seed(1234)
-    e = torch.multinomial(bank.weights, 256, replacement=True, generator=g)
-    t = STACK + (torch.rand(256, generator=g) * (bank.lengths[e] - STACK)).long()
-    return bank.offsets[e, None] + t[:, None] + torch.arange(-STACK, 1)[None], e, t
-
-
-def dit_predictions(model: str, bank: ClipBank, picked: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-                    g: torch.Generator) -> torch.Tensor:
+def dit_predictions(model: str, bank: ClipBank, picked: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """A checkpoint's 1-step prediction of each sample's next latent from the true latents before
     it (as many as its window holds, within the episode), through the engine."""
     from app.engine_spec import EngineSpec
@@ -111,9 +107,9 @@ def dit_predictions(model: str, bank: ClipBank, picked: tuple[torch.Tensor, torc
 
     engine = EngineSpec(model=model, preset="small", steps=1, dtype="fp32", device="cpu").build()
     window = engine.config.model.window_frames + engine.config.model.sink_frames
-    rows, e, t = picked
+    e, rows = picked
     out = []
-    for i in range(len(t)):
+    for i in range(len(e)):
         first = int(bank.offsets[e[i]])
         end = int(rows[i, -1])  # the target row
         start = max(first, end - window)
@@ -164,7 +160,8 @@ def main() -> None:
     dec = TokenizerDecoder(tok, device=cpu, dtype=torch.float32)
     lat = {"pred": pred, "truth": target, "copy": copy}
     if args.compare:
-        lat["compare"] = dit_predictions(args.compare, held, gh_rows(held), torch.Generator().manual_seed(1234))
+        held_rows = pick(held, 256, torch.Generator().manual_seed(1234))  # the samples batch() drew above
+        lat["compare"] = dit_predictions(args.compare, held, held_rows)
     rgb = {k: dec.decode(v).numpy() for k, v in lat.items()}
     result = {
         "params": params, "steps": step, "clips_seen": step * args.batch, "minutes": args.minutes,

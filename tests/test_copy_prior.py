@@ -93,7 +93,7 @@ def test_training_clip_matches_the_engine_inputs(tiny: EngineConfig) -> None:
                      config, _episodes(config), [], Path("-"), torch.device("cpu"))
     model = make_model(config)
     g = torch.Generator().manual_seed(0)
-    x0, actions, index, before = task.sample_clips(task.train, task.weights, 1, g)
+    x0, actions, index, before = task.sample_clips(task.train, 1, g)
     sigma = torch.rand(index.shape, generator=g) * 0.15
     target = torch.zeros(index.shape, dtype=torch.bool)
     xt = (1 - sigma[..., None, None, None]) * x0 + sigma[..., None, None, None] * torch.randn(x0.shape)
@@ -152,7 +152,7 @@ def test_self_forcing_replaces_the_last_history_frames(tiny: EngineConfig) -> No
                                self_frames=2), config, _episodes(config), [], Path("-"), torch.device("cpu"))
     model = make_model(config)
     g = torch.Generator().manual_seed(0)
-    x0, actions, index, before = task.sample_clips(task.train, task.weights, 3, g)
+    x0, actions, index, before = task.sample_clips(task.train, 3, g)
     sigma, target = task.noise_levels(tuple(index.shape), g)
     mine = torch.tensor([True, False, True])
     x, s, t = task.self_forced(model, x0, actions, index, before, sigma, target, mine, g)

@@ -84,7 +84,7 @@ def test_target_network_is_an_ema_of_the_student(tiny: EngineConfig, tmp_path: P
 def test_self_context_replaces_the_last_history_frames(tiny: EngineConfig, tmp_path: Path) -> None:
     task, student = _setup(tiny, tmp_path)
     g = torch.Generator().manual_seed(0)
-    x0, actions, index, _ = task.clips.sample_clips(task.clips.train, task.clips.weights, 3, g)
+    x0, actions, index, _ = task.clips.sample_clips(task.clips.train, 3, g)
     x = task._context(x0, g)
     k = 2
     out = task._self_generate(student, x, actions, index, k, torch.Generator().manual_seed(5))

@@ -165,7 +165,7 @@ def fit_one_batch(task: WorldTask, model: torch.nn.Module, steps: int) -> tuple[
     """AdamW (lr 3e-3) on one fixed batch of 4 clips: (losses per step, the batch's sigma)."""
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(0)
-    x0, actions, index, before = task.sample_clips(task.train, task.weights, 4, g)
+    x0, actions, index, before = task.sample_clips(task.train, 4, g)
     sigma, target = task.noise_levels(tuple(index.shape), g)
     losses = []
     for _ in range(steps):
@@ -182,7 +182,7 @@ def test_clips_follow_the_inference_layout(tiny: EngineConfig) -> None:
     g = torch.Generator().manual_seed(3)
     gaps = set()
     for _ in range(20):
-        x0, actions, index, _ = task.sample_clips(task.train, task.weights, 2, g)
+        x0, actions, index, _ = task.sample_clips(task.train, 2, g)
         f = tiny.model.sink_frames + tiny.model.window_frames + 1
         assert x0.shape[:2] == (2, f) and actions.shape == (2, f, 8)
         assert (index[:, 0] == 0).all() and (actions[:, 0] == 0).all()  # the sink, no action
@@ -227,7 +227,7 @@ def test_teacher_forced_clip_equals_cached_steps(tiny: EngineConfig) -> None:
     task = _world_task(tiny, frames=9, max_gap=0)
     model = make_model(tiny)
     g = torch.Generator().manual_seed(0)
-    x0, actions, index, _ = task.sample_clips(task.train, task.weights, 1, g)
+    x0, actions, index, _ = task.sample_clips(task.train, 1, g)
     sigma, _ = task.noise_levels(tuple(index.shape), g)
     assert torch.equal(index[0], torch.arange(9))
     xt = (1 - sigma[..., None, None, None]) * x0 + sigma[..., None, None, None] * torch.randn(x0.shape)

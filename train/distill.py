@@ -150,8 +150,7 @@ class DistillTask:
     def loss(self, model: nn.Module, g: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         a = self.args
         dev = self.device
-        x0, actions, index, _ = self.clips.sample_clips(self.clips.train, self.clips.weights, a.batch, g)
-        x0, actions, index = x0.to(dev), actions.to(dev), index.to(dev)
+        x0, actions, index, _ = self.clips.sample_clips(self.clips.train, a.batch, g)  # on the device
         b, f = index.shape
         m = self.config.model
         ctx = FullContext(index, m.tokens_per_frame, m.sink_frames, m.window_frames)
@@ -221,8 +220,7 @@ class DistillTask:
         if self._teacher_eval is None:
             g = torch.Generator().manual_seed(1234)
             held = self.clips.held_out
-            x0, actions, index, _ = self.clips.sample_clips(held, held.weights, self.args.eval_clips, g)
-            x0, actions, index = x0.to(self.device), actions.to(self.device), index.to(self.device)
+            x0, actions, index, _ = self.clips.sample_clips(held, self.args.eval_clips, g)  # on the device
             m = self.config.model
             ctx = FullContext(index, m.tokens_per_frame, m.sink_frames, m.window_frames)
             x = self._context(x0, g)

@@ -133,7 +133,7 @@ class Trainer:
         self.dir.mkdir(parents=True, exist_ok=True)
         resumed = self._resume()
         end = self.cfg.steps if stop_after is None else min(self.cfg.steps, self.step + stop_after)
-        if self.cfg.max_seconds > 0 and self.wall_s >= self.cfg.max_seconds:
+        if self._out_of_time():
             end = self.step  # the time budget is spent already: nothing to do
         bar = tqdm(total=self.cfg.steps, initial=self.step, desc="train", unit="step",
                    disable=not self.progress, dynamic_ncols=True)
@@ -166,7 +166,7 @@ class Trainer:
             self.wall_s += time.perf_counter() - t0
             window.append({"loss": float(loss.detach()), "grad_norm": grad_norm, **extra})
             bar.update(1)
-            if self.cfg.max_seconds > 0 and self.wall_s >= self.cfg.max_seconds and self.step < end:
+            if self._out_of_time() and self.step < end:
                 bar.write(f"time budget of {self.cfg.max_seconds:.0f} s reached at step {self.step}")
                 end = self.step  # evaluate, checkpoint and stop below
             if self.step % self.cfg.log_every == 0 or self.step == end:
@@ -187,6 +187,9 @@ class Trainer:
         return last_eval
 
     # ------------------------------------------------------------------ pieces
+    def _out_of_time(self) -> bool:
+        return self.cfg.max_seconds > 0 and self.wall_s >= self.cfg.max_seconds
+
     @torch.no_grad()
     def _update_ema(self) -> None:
         decay = min(self.cfg.ema, (1 + self.step) / (10 + self.step))

@@ -175,20 +175,19 @@ class WorldTask:
         self.train = ClipBank(train, self.frames, device)
         if not len(self.train):
             raise ValueError(f"no training episode has {self.frames} frames")
-        self.weights = self.train.weights
         self.held_out = ClipBank(held_out, self.frames, device)
         self.tokenizer_dir = tokenizer_dir
         m = config.model
         self.n, self.sinks, self.window = m.tokens_per_frame, m.sink_frames, m.window_frames
 
     # ------------------------------------------------------------------ batches
-    def sample_clips(self, bank: ClipBank, weights: torch.Tensor, batch: int,
+    def sample_clips(self, bank: ClipBank, batch: int,
                      g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(latents (B, F, C, h, w), actions (B, F, A), frame_index (B, F), before (B, C, h, w)),
         on the bank's device: ``before`` is the latent just before frame 1 (the sink itself
         without a gap). Clip b starts at frame s of episode e and reads rows s, s+g+1 .. s+g+F-1."""
         f = self.frames
-        e = torch.multinomial(weights, batch, replacement=True, generator=g)
+        e = torch.multinomial(bank.weights, batch, replacement=True, generator=g)
         t_len = bank.lengths[e]
         use_gap = torch.rand(batch, generator=g) < 0.5
         gap = torch.randint(0, self.args.max_gap + 1, (batch,), generator=g)
@@ -272,7 +271,7 @@ class WorldTask:
         return (err * w).sum() / w.sum()
 
     def loss(self, model: nn.Module, g: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-        x0, actions, index, before = self.sample_clips(self.train, self.weights, self.args.batch, g)
+        x0, actions, index, before = self.sample_clips(self.train, self.args.batch, g)
         sigma, target = self.noise_levels(tuple(index.shape), g)
         weight = action_change_weights(actions, self.args.action_weight) if self.args.action_weight != 1 else None
         mine = torch.rand(len(x0), generator=g) < self.args.self_prob
@@ -320,7 +319,7 @@ class WorldTask:
             return {}
         ema.eval()
         g = torch.Generator().manual_seed(1234)
-        x0, actions, index, before = self.sample_clips(self.held_out, self.held_out.weights, 16, g)
+        x0, actions, index, before = self.sample_clips(self.held_out, 16, g)
         out = {}
         target = torch.zeros(index.shape, dtype=torch.bool)
         target[:, -1] = True
