@@ -36,7 +36,7 @@ from app.play.session import jpeg_bytes
 from engine.action import BUTTONS, Action
 from engine.config import ConfigError, EngineConfig, SamplerConfig, get_preset
 from engine.engine import Engine
-from engine.precision import hardware, resolve_dtype, set_threads
+from engine.precision import hardware, resolve_dtype, resolve_int8, set_threads
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -63,6 +63,7 @@ class BenchArgs:
     hold: int = 1  # ticks an action is held before drafting
     trace: str | None = None  # actions for --speculate: suite .json (episode 0) or .actions.jsonl
     batch_invariant: bool = True  # False: batched GEMMs/decode (faster, frames depend on the batch)
+    int8: str = "off"  # block linears in int8: auto | on | off (engine/precision.py)
 
 
 def _actions(n: int, seed: int) -> list[Action]:
@@ -154,7 +155,8 @@ def run_bench(args: BenchArgs) -> dict[str, Any]:
     set_threads(args.threads)
     args = dataclasses.replace(args, dtype=resolve_dtype(args.dtype, args.device) if args.dtype == "auto"
                                else args.dtype)
-    args = dataclasses.replace(args, model=default_model(args.model, args.preset))
+    args = dataclasses.replace(args, model=default_model(args.model, args.preset),
+                               int8=resolve_int8(args.int8, args.device, args.dtype))
     config, name = _config(args)
     sweep = parse_sweep(args.sweep, config.sampler)
     m = config.model
@@ -165,7 +167,7 @@ def run_bench(args: BenchArgs) -> dict[str, Any]:
     opts: dict[str, Any] = dict(device=args.device, dtype=DTYPES[args.dtype], seed=args.seed,
                                 attention=args.attention, compile=args.compile, slots=args.sessions,
                                 spare_frames=max(2, args.speculate + 1),
-                                batch_invariant=None if args.batch_invariant else False)
+                                batch_invariant=None if args.batch_invariant else False, int8=args.int8 == "on")
 
     def build(sampler: SamplerConfig) -> Engine:
         if args.model is not None:
@@ -187,6 +189,7 @@ def run_bench(args: BenchArgs) -> dict[str, Any]:
         "dtype_requested": requested,
         "attention": engine.runner.attention,
         "compile": args.compile,
+        "int8": args.int8,
         "sampler": config.sampler.kind,
         "frames": args.frames,
         "steps": config.sampler.steps,

@@ -36,6 +36,8 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
                    help="auto (default): bf16 where the hardware has native bf16 matrix math, else fp32")
     p.add_argument("--attention", choices=["auto", "sdpa", "flex", "xformers", "reference"], default="auto")
     p.add_argument("--compile", action="store_true", help="torch.compile the model step")
+    p.add_argument("--int8", choices=["auto", "on", "off"], default="auto",
+                   help="block linear layers in int8 (CPU, fp32): auto (default) = on where it runs, on, off")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
     p.add_argument("--no-recompute", dest="recompute", action="store_false",
                    help="skip the no-cache baseline (no cache_speedup)")
@@ -104,6 +106,8 @@ def _world_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", choices=["euler", "consistency"], default=None, help="default: the model's")
     p.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto",
                    help="auto (default): bf16 where the hardware has native bf16 matrix math, else fp32")
+    p.add_argument("--int8", choices=["auto", "on", "off"], default="auto",
+                   help="block linear layers in int8 (CPU, fp32): auto (default) = on where it runs, on, off")
     p.add_argument("--mode", choices=["open-loop", "next-frame"], default="open-loop",
                    help="open-loop rollouts (default) or teacher-forced next-frame prediction")
     p.add_argument("--starts", type=int, default=24, help="next-frame: start points per episode")
@@ -271,10 +275,12 @@ def _showcase_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     p.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto",
                    help="auto (default): bf16 where the hardware has native bf16 matrix math, else fp32")
+    p.add_argument("--int8", choices=["auto", "on", "off"], default="auto",
+                   help="block linear layers in int8 (CPU, fp32): auto (default) = on where it runs, on, off")
     p.add_argument("--seed", type=int, default=0)
 
 
-def _engine_args(p: argparse.ArgumentParser, dtype: str = "auto") -> None:
+def _engine_args(p: argparse.ArgumentParser, dtype: str = "auto", compile: bool = False) -> None:
     which = p.add_mutually_exclusive_group()
     which.add_argument("--model", default=None, metavar="PATH",
                        help="checkpoint folder (default: the bundled assets/models/doom-small)")
@@ -284,7 +290,12 @@ def _engine_args(p: argparse.ArgumentParser, dtype: str = "auto") -> None:
                    help="model, cache and decoder (default: auto = bf16 where the hardware has native bf16 "
                    "matrix math, else fp32)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model step (faster after warm-up)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=compile,
+                   help="torch.compile the model step" + (" in the background while the eager step already serves, "
+                   "then swap (default: on; needs a C++ compiler, else play stays eager)" if compile else
+                   " before the first frame (default: off)"))
+    p.add_argument("--int8", choices=["auto", "on", "off"], default="auto",
+                   help="block linear layers in int8 (CPU, fp32): auto (default) = on where it runs, on, off")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: play one core fewer than torch would use, leaving a core to the "
                    "browser, event loop and JPEG; record all)")
@@ -348,7 +359,8 @@ def _play_parsers(sub: argparse._SubParsersAction) -> None:
 
 def _spec(args: argparse.Namespace) -> EngineSpec:
     return EngineSpec(model=default_model(args.model, args.preset), preset=args.preset or "small", steps=args.steps,
-                      dtype=args.dtype, device=args.device, compile=args.compile, threads=args.threads)
+                      dtype=args.dtype, device=args.device, compile=args.compile, threads=args.threads,
+                      int8=args.int8)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -551,8 +563,8 @@ def _showcase(args: argparse.Namespace) -> int:
     if not args.episodes or not args.horizons:
         raise ValueError("--episodes and --horizons need at least one value")
     predictor = make_predictor(EvalArgs(suite=args.suite, out=args.out, model=args.model, steps=args.steps,
-                                        dtype=args.dtype))
-    fields = {k: v for k, v in _fields(args).items() if k != "dtype"}
+                                        dtype=args.dtype, int8=args.int8))
+    fields = {k: v for k, v in _fields(args).items() if k not in ("dtype", "int8")}
     result = run_showcase(ShowcaseArgs(**fields), predictor)
     for label, r in result["actions"].items():
         s = r["mean_shift_px_per_frame"]

@@ -15,7 +15,7 @@ import torch
 
 from engine.config import PRESETS, EngineConfig, SamplerConfig, get_preset
 from engine.engine import Engine
-from engine.precision import CHOICES, DTYPES, resolve_dtype, set_threads
+from engine.precision import CHOICES, DTYPES, resolve_dtype, resolve_int8, set_threads
 
 # The model `make play` serves: resolved against the source tree (make installs it editable).
 BUNDLED_MODEL = Path(__file__).resolve().parents[1] / "assets" / "models" / "doom-small"
@@ -41,6 +41,7 @@ class EngineSpec:
     weight_seed: int = 0  # random weights of a preset
     compile: bool = False  # torch.compile the model step (first frames compile: seconds)
     threads: int | None = None  # torch intra-op threads (process-wide); None: torch's default
+    int8: str = "off"  # block linears in int8: auto | on | off, resolved at construction (describe() is concrete)
 
     def __post_init__(self) -> None:
         if self.model is None and self.preset not in PRESETS:
@@ -54,6 +55,7 @@ class EngineSpec:
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError("device cuda: no CUDA device is available on this machine")
         object.__setattr__(self, "dtype", resolve_dtype(self.dtype, self.device))
+        object.__setattr__(self, "int8", resolve_int8(self.int8, self.device, self.dtype))
         if self.threads is not None and not 1 <= self.threads <= 1024:
             raise ValueError("--threads must be in 1..1024")
 
@@ -85,7 +87,7 @@ class EngineSpec:
         set_threads(self.threads)
         opts: dict[str, Any] = dict(device=self.device, dtype=DTYPES[self.dtype], slots=slots,
                                     sampler=config.sampler, compile=self.compile,
-                                    spare_frames=max(2, speculate + 1))
+                                    spare_frames=max(2, speculate + 1), int8=self.int8 == "on")
         if self.model is not None:
             return Engine.from_checkpoint(self.model, **opts)
         return Engine.build(config, seed=self.weight_seed, **opts)
@@ -96,13 +98,15 @@ class EngineSpec:
         return {"model": str(Path(self.model).resolve()) if self.model is not None else None,
                 "preset": self.preset, "sampler": sampler.kind, "steps": sampler.steps,
                 "dtype": self.dtype, "device": self.device, "weight_seed": self.weight_seed,
-                "compile": self.compile, "threads": self.threads}  # threads: CPU sums may depend on them
+                "compile": self.compile, "int8": self.int8,
+                "threads": self.threads}  # threads: CPU sums may depend on them
 
     @classmethod
     def from_description(cls, d: dict[str, Any]) -> EngineSpec:
         try:
             return cls(model=d["model"], preset=d["preset"], steps=d["steps"], sampler=d["sampler"],
                        dtype=d["dtype"], device=d.get("device", "cpu"), weight_seed=d.get("weight_seed", 0),
-                       compile=bool(d.get("compile", False)), threads=d.get("threads"))
+                       compile=bool(d.get("compile", False)), threads=d.get("threads"),
+                       int8=d.get("int8", "off"))  # recordings made before int8 existed ran float
         except KeyError as e:
             raise ValueError(f"recording meta lacks the engine field {e}") from None

@@ -69,6 +69,7 @@ class EvalArgs:
     steps: int | None = None  # override the model's sampling steps
     sampler: str | None = None  # override the model's sampler kind (euler | consistency)
     dtype: str = "auto"  # model and decoder: auto (bf16 where native, else fp32) | fp32 | bf16
+    int8: str = "off"  # block linears in int8: auto | on | off (engine/precision.py)
     mode: str = "open-loop"  # | "next-frame" (teacher forced, see module doc)
     starts: int = 24  # next-frame: start points per episode
     idm: str = "auto"  # action accuracy: an IDM folder; auto: the bundled one if present; none: off
@@ -109,10 +110,11 @@ def make_predictor(args: EvalArgs) -> Predictor:
     from app.engine_spec import EngineSpec
 
     spec = EngineSpec(model=args.model, preset=str(args.preset), steps=args.steps, sampler=args.sampler,
-                      dtype=args.dtype, device=args.device)
+                      dtype=args.dtype, device=args.device, int8=args.int8)
     sampler = spec.config().sampler
     # The name carries the sampler: a resumed run never mixes rows of different settings.
-    tag = f"{sampler.kind}x{sampler.steps}" + ("-bf16" if spec.dtype == "bf16" else "")
+    tag = f"{sampler.kind}x{sampler.steps}" + ("-bf16" if spec.dtype == "bf16" else "") + (
+        "-int8" if spec.int8 == "on" else "")
     what = f"model:{args.model}" if args.model is not None else f"preset:{args.preset}"
     return EnginePredictor(spec.build(), f"{what}:{tag}")
 

@@ -12,6 +12,7 @@ rollout's reset and checks every recorded frame's SHA-1 against the file.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import sys
 import time
@@ -58,11 +59,14 @@ class RecordArgs:
 
 def play_event(engine: Engine, event: dict[str, Any], starter: SceneStarter) -> tuple[Frame, dict[str, Any]]:
     """Apply one actions.jsonl event; returns the frame and the event as it is written back."""
+    engine.runner.prefer_compiled = bool(event.get("compiled", False))  # the step the frame was made with
     if event["event"] == "reset":
         start = event.get("start", GENERATED)
-        return starter.reset(engine, event["seed"], start), event_reset(event["seed"], start)
+        frame = starter.reset(engine, event["seed"], start)
+        return frame, event_reset(event["seed"], start, frame.compiled)
     action = event_action(event)
-    return engine.step(action), event_step(action)
+    frame = engine.step(action)
+    return frame, event_step(action, frame.compiled)
 
 
 class RecordingStopped(RuntimeError):
@@ -149,7 +153,14 @@ def replay(args: RecordArgs) -> dict[str, Any]:
     if not events or events[0]["event"] != "reset":
         raise ValueError(f"{actions}: a recording starts with a reset event")
     out = Path(args.out) if args.out is not None else stem.with_name(stem.name + ".replay.mp4")
-    engine = spec.build()
+    compiled = any(e.get("compiled") for e in events)
+    engine = dataclasses.replace(spec, compile=False).build() if compiled else spec.build()
+    if compiled:  # frames of play's background-compiled step: the same compile, here before the first frame
+        print("compiling the step the recording used (as play did, in the background)...", file=sys.stderr)
+        engine.runner.compile_in_background().join()
+        if engine.runner.compile_state != "compiled":
+            raise ValueError(f"the recording's frames came from a compiled step; compiling here failed "
+                             f"({engine.runner.compile_state})")
     starter = SceneStarter()
     recorder = Recorder(stem_of(out), {**meta, "source": f"replay:{actions}"}, float(meta["fps"]),
                         frame_size=frame_size(engine), scale=int(meta.get("scale", args.scale)))

@@ -93,18 +93,19 @@ class Engine:
               dtype: torch.dtype = torch.float32, seed: int = 0, attention: str = "auto",
               compile: bool = False, slots: int = 1, recompute: bool = False,
               decoder: FrameDecoder | None = None, sampler: SamplerConfig | None = None,
-              spare_frames: int = 2, batch_invariant: bool | None = None) -> Engine:
+              spare_frames: int = 2, batch_invariant: bool | None = None, int8: bool = False) -> Engine:
         """An engine for ``config``; without ``model``, random weights from ``seed``; without
         ``decoder``, the untrained stand-in; ``sampler`` overrides the config's sampler;
         ``spare_frames`` bounds how far a rollout can draft ahead (``spare_frames - 1``);
-        ``batch_invariant`` (default: on CPU) see ``Runner``."""
+        ``batch_invariant`` (default: on CPU) and ``int8`` (block linears in int8; CPU, fp32) see
+        ``Runner``."""
         if sampler is not None:
             config = dataclasses.replace(config, sampler=sampler)
         if model is None:
             model = DiT(config.model)
             model.init_weights(torch.Generator().manual_seed(seed))
         runner = Runner(config, model, device=device, dtype=dtype, slots=slots, spare_frames=spare_frames,
-                        attention=attention, compile=compile, batch_invariant=batch_invariant)
+                        attention=attention, compile=compile, batch_invariant=batch_invariant, int8=int8)
         if decoder is None:
             decoder = StandInDecoder(config, device=device)
         return cls(runner, decoder, recompute=recompute)
@@ -141,6 +142,7 @@ class Engine:
         (K, C, h, w) latents x_0..x_{K-1} and optionally their actions a_1..a_{K-1}, prefill
         the cache and return x_{K-1}. Same seed + same actions -> identical frames."""
         self._generator.manual_seed(seed)
+        compiled = self.runner.begin([self.slot])
         self.runner.cache.reset(self.slot)
         self._pending, self._history, self._last, self._t = None, [], None, -1
         self._drafts = []
@@ -162,7 +164,7 @@ class Engine:
         # next frame's first forward (so every rollout's steady step is the same 2-frame forward).
         self._t = k - 1
         rgb = self.decoder.decode(latents[-1:])[0].cpu().numpy()
-        return Frame(index=k - 1, action=None if k == 1 else acts[-1], rgb=rgb, latent=latents[-1])
+        return Frame(index=k - 1, action=None if k == 1 else acts[-1], rgb=rgb, latent=latents[-1], compiled=compiled)
 
     def step(self, action: Action) -> Frame:
         """Generate x_t for a_t = ``action`` (t = previous index + 1). A draft made for this
@@ -351,6 +353,7 @@ def generate(engines: Sequence[Engine], actions: Sequence[Action], draft: bool =
     if not draft and any(e._drafts for e in engines):
         raise ValueError("a rollout with drafts must take or cancel them first (Engine.step does)")
     marks = [e._mark() for e in engines] if draft else []
+    compiled = first.runner.begin([e.slot for e in engines])
     timer = StageTimer(first.device)
     ts = [e._t + 1 for e in engines]
     a = _same([actions_to_tensor([act], first.device).view(1, 1, -1) for act in actions])  # (B, 1, A)
@@ -379,7 +382,8 @@ def generate(engines: Sequence[Engine], actions: Sequence[Action], draft: bool =
     frames = []
     for i, (e, t, act) in enumerate(zip(engines, ts, actions, strict=True)):
         e._t = t
-        frame = Frame(index=t, action=None if t == 0 else act, rgb=rgb[i], latent=x0[i], timings_ms=dict(ms))
+        frame = Frame(index=t, action=None if t == 0 else act, rgb=rgb[i], latent=x0[i], timings_ms=dict(ms),
+                      compiled=compiled)
         if draft:
             e._drafts.append((marks[i], frame))
         frames.append(frame)

@@ -19,3 +19,4 @@ class Frame:
     rgb: np.ndarray  # (H, W, 3) uint8
     latent: torch.Tensor  # (C, h, w) float32, on the engine's device
     timings_ms: dict[str, float] = field(default_factory=dict)  # per stage + "total"
+    compiled: bool = False  # made by the step compiled in the background (Runner.compile_in_background)

@@ -24,6 +24,7 @@ from app.engine_spec import EngineSpec
 from app.play.listen import serve_in_thread
 from app.play.server import ServeArgs, create_app
 from app.probe import play_and_measure
+from engine.precision import serving_threads
 
 FLAGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--no-first-run", "--disable-gpu"]
@@ -35,14 +36,20 @@ def main() -> None:
     p.add_argument("--preset", default="small")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--fps", type=float, default=17.5)
-    p.add_argument("--compile", action="store_true")
+    p.add_argument("--compile", action="store_true",
+                   help="as play --compile: compiled in the background; measured once it is swapped in")
+    p.add_argument("--int8", choices=["auto", "on", "off"], default="auto")
+    p.add_argument("--threads", type=int, default=None, help="server torch threads (default: as play, cores - 1)")
     p.add_argument("--seconds", type=float, default=30.0, help="playing time measured")
     p.add_argument("--record", type=float, default=0.0, help="then record this many seconds of play")
     args = p.parse_args()
     chromium = shutil.which("chromium")
     if chromium is None:
         raise SystemExit("needs Debian chromium (apt-get install chromium)")
-    spec = EngineSpec(model=args.model, preset=args.preset, steps=args.steps, compile=args.compile)
+    if args.threads is None:
+        args.threads = serving_threads()
+    spec = EngineSpec(model=args.model, preset=args.preset, steps=args.steps, compile=args.compile, int8=args.int8,
+                      threads=args.threads)
     t_start = time.monotonic()
     rec_dir = Path(tempfile.mkdtemp(prefix="worldstream-rec-"))
     app = create_app(ServeArgs(fps=args.fps, recordings=str(rec_dir)), spec)
@@ -55,12 +62,17 @@ def measure(app: Any, port: int, spec: EngineSpec, args: argparse.Namespace, chr
             t_start: float) -> dict:
     hub = app.state.hub
     out: dict = {"model": spec.name, "steps": hub.info.engine["steps"], "compile": args.compile,
-                 "target_fps": args.fps, "startup_s": round(time.monotonic() - t_start, 1)}
+                 "int8": spec.int8, "threads": args.threads, "target_fps": args.fps,
+                 "startup_s": round(time.monotonic() - t_start, 1)}
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium, args=FLAGS)
         page = browser.new_page()
         page.goto(f"http://127.0.0.1:{port}/")
         page.wait_for_function("window.worldstream && window.worldstream.framesDrawn > 10", timeout=120_000)
+        out["first_frame_s"] = round(time.monotonic() - t_start, 1)
+        while hub.runner.compile_state == "compiling":  # measure what serves once the swap is done
+            time.sleep(0.5)
+        out["compile_state"], out["compile_s"] = hub.runner.compile_state, hub.runner.compile_seconds
         hub.cpu.read()
         out.update(play_and_measure(page, args.seconds), server_cpu_cores=round(hub.cpu.read(), 3))
         if args.record > 0:

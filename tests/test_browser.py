@@ -114,7 +114,9 @@ def test_key_to_photon_over_30_s_with_the_bundled_model(browser: Any, tmp_path: 
     from engine.precision import serving_threads
 
     threads = torch.get_num_threads()  # play sets torch's threads process-wide: restored below
-    spec = EngineSpec(model=str(BUNDLED_MODEL), threads=serving_threads())  # as `worldstream play` serves
+    # as `worldstream play` serves, but eager: its background compile (minutes on a cold cache)
+    # would be measured instead of play (scripts/measure_play.py --compile measures after the swap)
+    spec = EngineSpec(model=str(BUNDLED_MODEL), threads=serving_threads(), int8="auto")
     app = create_app(ServeArgs(recordings=str(tmp_path)), spec)
     try:
         with serve_in_thread(app) as port:

@@ -194,10 +194,11 @@ def test_eval_runs_a_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert main(args) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["ok"] == 1 and summary["mean"]["all"]["psnr@1s"] is not None
-    from engine.precision import resolve_dtype
+    from engine.precision import resolve_dtype, resolve_int8
 
-    bf16 = "-bf16" if resolve_dtype("auto") == "bf16" else ""  # --dtype auto: this machine's choice
-    assert summary["predictor"] == f"model:{ckpt}:consistencyx1{bf16}"
+    dtype = resolve_dtype("auto")  # --dtype auto and --int8 auto: this machine's choice
+    tag = ("-bf16" if dtype == "bf16" else "") + ("-int8" if resolve_int8("auto", "cpu", dtype) == "on" else "")
+    assert summary["predictor"] == f"model:{ckpt}:consistencyx1{tag}"
 
 
 def test_eval_argument_errors(tmp_path: Path) -> None:
@@ -232,7 +233,7 @@ def test_model_sampling_options_beside_a_baseline_apply_to_the_models(tmp_path: 
     def predictor(name: str) -> str:
         return json.loads((tmp_path / "doom-minute" / name / "summary.json").read_text())["predictor"]
 
-    assert predictor("copy-last") == "copy-last" and predictor("preset-tiny").endswith("x2")
+    assert predictor("copy-last") == "copy-last" and ":consistencyx2" in predictor("preset-tiny")
 
 
 def test_eval_runs_every_pair_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

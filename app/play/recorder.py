@@ -41,17 +41,25 @@ def frame_sha1(rgb: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(rgb).tobytes()).hexdigest()
 
 
-def event_reset(seed: int, start: str = "generated") -> dict[str, Any]:
+def event_reset(seed: int, start: str = "generated", compiled: bool = False) -> dict[str, Any]:
     """A rollout's start: the seed, and the start scene unless the first frame was generated
-    (older recordings have no "start": generated)."""
+    (older recordings have no "start": generated). ``compiled``: see ``event_step``."""
     event: dict[str, Any] = {"event": "reset", "seed": int(seed)}
     if start != "generated":
         event["start"] = start
+    if compiled:
+        event["compiled"] = True
     return event
 
 
-def event_step(action: Action) -> dict[str, Any]:
-    return {"event": "step", "buttons": list(action.names)}
+def event_step(action: Action, compiled: bool = False) -> dict[str, Any]:
+    """A step under ``action``. ``compiled``: the frame came from the step compiled in the
+    background (play --compile), whose float rounding differs from the eager step's: a replay
+    runs each frame with the same step, so it stays exact across the swap."""
+    event: dict[str, Any] = {"event": "step", "buttons": list(action.names)}
+    if compiled:
+        event["compiled"] = True
+    return event
 
 
 def paths(stem: str | Path) -> tuple[Path, Path, Path]:
@@ -282,6 +290,8 @@ def read_events(path: str | Path) -> list[dict[str, Any]]:
                     events.extend({**obj, "event": kind} for _ in range(repeat - 1))
             else:
                 raise ValueError(f"{path}:{n}: unknown event {kind!r} (reset or step)")
+            if not isinstance(obj.get("compiled", False), bool):
+                raise ValueError(f"{path}:{n}: compiled must be true or false")
             events.append({**obj, "event": kind})
     return events
 

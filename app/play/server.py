@@ -116,15 +116,13 @@ class Hub:
     def __init__(self, args: ServeArgs, spec: EngineSpec) -> None:
         self.args = args
         recordings = check_writable_dir(args.recordings, "--recordings")  # now, not at the first recording
-        try:
-            base, self.scheduler = self._warm(spec)
-        except Exception as e:  # torch.compile needs a working C++ toolchain; play must still start
-            if not spec.compile:
-                raise
-            log.warning("torch.compile failed (%s: %s); serving without --compile", type(e).__name__, e)
-            spec = dataclasses.replace(spec, compile=False)
-            base, self.scheduler = self._warm(spec)
-        self.spec = spec  # the effective spec (recordings store it for replay)
+        # --compile: serve the eager step at once and compile in the background (then swap); a
+        # compile that fails (no C++ toolchain) leaves play eager (runner.compile_state says why).
+        base, self.scheduler = self._warm(dataclasses.replace(spec, compile=False))
+        self.runner = base.runner
+        if spec.compile:
+            self.runner.compile_in_background(frames=(2, 1))
+        self.spec = spec  # recordings store it for replay
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
         self.queue_depth = 0  # engine calls waiting or running
         self.frames_dropped = 0  # frames not sent because their client was behind (all sessions, ever)
@@ -146,8 +144,8 @@ class Hub:
 
     def _warm(self, spec: EngineSpec) -> tuple[Engine, Scheduler]:
         """The engine (its config and decoder describe every session's) and the scheduler, its
-        batched step run a few times at one and at every session (with --compile: compiled for
-        both) before players come; then every slot is free."""
+        batched step run a few times at one and at every session before players come; then
+        every slot is free."""
         n = self.args.max_sessions
         base = spec.build(slots=n, speculate=self.args.speculate)
         sched = Scheduler.of(base, speculate=self.args.speculate, hold=self.args.hold)
@@ -251,6 +249,7 @@ class Hub:
 
     def health(self) -> dict[str, Any]:
         return {"ok": True, "model": self.spec.name, "decoder": self.decoder, "dtype": self.spec.dtype,
+                "int8": self.spec.int8, "compile": self.runner.compile_state,
                 **self.hardware, "sessions": self.sessions, "speculate": self.scheduler.speculate,
                 "scheduler": self.scheduler.stats.as_dict(), "late_ticks": self.late_ticks,
                 "max_sessions": self.args.max_sessions, "target_fps": self.args.fps,
@@ -359,7 +358,7 @@ class Connection:
                                            server_cpu_cores=h["server_cpu_cores"], queue_depth=h["queue_depth"],
                                            paused=self.paused, dropped_messages=self.limit.dropped,
                                            frames_dropped=self.frames_dropped,
-                                           replies_dropped=self.messages_dropped)
+                                           replies_dropped=self.messages_dropped, compile=h["compile"])
                 self.post(Tick([json.dumps(stats)]))
 
 
@@ -408,7 +407,8 @@ def create_app(args: ServeArgs, spec: EngineSpec, page: bool = True) -> FastAPI:
         hw = hub.hardware
         conn.post(Tick([json.dumps({"type": "hello", "session": session.id, "model": spec.name, "fps": args.fps,
                                     "width": w, "height": h, "steps": hub.info.engine["steps"],
-                                    "dtype": hub.spec.dtype, "cpu_capability": hw["cpu_capability"],
+                                    "dtype": hub.spec.dtype, "int8": hub.spec.int8,
+                                    "cpu_capability": hw["cpu_capability"],
                                     "threads": hw["threads"], "start": session.start_scene,
                                     "starts": list(hub.info.starts)})]))
         tasks = [asyncio.create_task(t) for t in (conn.sender(), conn.frames(), conn.receive())]

@@ -146,7 +146,7 @@ class PlaySession:
         if plan.action is not None:
             if frame is None:
                 raise ValueError("a planned step needs its frame")
-            plan.frame, plan.event = frame, event_step(plan.action)
+            plan.frame, plan.event = frame, event_step(plan.action, frame.compiled)
             self.history.add(plan.event)
         if plan.frame is not None and plan.event is not None:
             plan.out.messages += self._keep(plan.frame, plan.event)
@@ -188,7 +188,7 @@ class PlaySession:
     def _reset(self, seed: int | None) -> tuple[Frame, dict[str, Any]]:
         self.seed = seed if seed is not None else secrets.randbelow(MAX_SEED + 1)
         frame = self.info.starter.reset(self.engine, self.seed, self.start_scene)
-        event = event_reset(self.seed, self.start_scene)
+        event = event_reset(self.seed, self.start_scene, frame.compiled)
         self.history.reset(event)
         return frame, event
 

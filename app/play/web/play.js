@@ -23,7 +23,7 @@
   const held = new Set();
   let pad = null, padKey = "";
 
-  let warming = false, liveText = "live";
+  let warming = false, liveText = "live", compute = "";
   function setStatus(kind, text) { status.dataset.state = kind; statusText.textContent = text; }
   function send(obj) { if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(obj)); }
   function sendInput() {
@@ -56,7 +56,8 @@
   function onText(msg) {
     if (msg.type === "hello") {
       liveText = "live · " + msg.fps + " FPS target · " + msg.steps + " step" + (msg.steps === 1 ? "" : "s");
-      $(".ws-s-compute").textContent = msg.dtype + " · " + msg.cpu_capability + " · " + msg.threads + " thr";
+      compute = msg.dtype + (msg.int8 === "on" ? "+int8" : "") + " · " + msg.cpu_capability + " · " + msg.threads + " thr";
+      $(".ws-s-compute").textContent = compute;
       const scene = $(".ws-scene");
       scene.replaceChildren(...(msg.starts || []).map((name) => new Option(name, name, false, name === msg.start)));
       setStatus("warming", "warming up…");  // until the first frame is drawn
@@ -66,6 +67,10 @@
       pendingMeta = msg;
     } else if (msg.type === "stats") {
       state.serverStats = msg;
+      if (compute) {  // the step compiling in the background, then swapped in: say which runs
+        const c = msg.compile || "";
+        $(".ws-s-compute").textContent = compute + (c === "compiling" ? " · compiling…" : c === "compiled" ? " · compiled" : "");
+      }
       const ms = msg.ms || {};
       $(".ws-s-fps").textContent = msg.fps.toFixed(1) + " FPS";
       $(".ws-s-model").textContent = ms.model !== undefined ? ms.model.toFixed(1) + " ms" : "–";
