@@ -18,8 +18,9 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
-# Eager, --dtype auto: the page serves ~8 s after launch. --compile gains ~10% FPS but takes ~90 s
-# to compile on a 2-core CPU the first time (~20 s with a warm inductor cache): docs/benchmarks.md.
+# --dtype auto, --int8 auto: the page serves ~8 s after launch with the eager step, while the step
+# compiles in the background (~100 s the first time on 2 cores, ~20 s with a warm inductor cache)
+# and is swapped in: docs/benchmarks.md. --no-compile keeps it eager.
 play: $(STAMP)
 	$(BIN)/worldstream play --host 127.0.0.1 --port 7860
 

@@ -305,7 +305,7 @@ def _play_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("play", help="serve the model in the browser (websocket + Gradio page)",
                        description="Serve the world at http://HOST:PORT/: a page with the game view, "
                        "keyboard/gamepad input, HUD and recording; the play socket is /ws.")
-    _engine_args(p)
+    _engine_args(p, compile=True)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--token", default=os.environ.get("WORLDSTREAM_TOKEN") or None,

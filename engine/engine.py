@@ -127,7 +127,9 @@ class Engine:
             kwargs["decoder"] = TokenizerDecoder(tokenizer, name=f"tokenizer ({Path(path).name})",
                                                  device=kwargs.get("device", "cpu"),
                                                  dtype=kwargs.get("dtype", torch.float32))  # one dtype
-        return cls.build(config, model, **kwargs)
+        engine = cls.build(config, model, **kwargs)
+        engine.runner.source = str(path)  # a background compile's child process reloads it from here
+        return engine
 
     # ------------------------------------------------------------------ the loop
     @property

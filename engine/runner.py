@@ -1,14 +1,18 @@
 """Runner: the model's weights on a device, its KV cache, and the forward that uses both.
 
 One runner can serve several rollouts (cache slots). ``forward`` is the hot step: it builds the
-cache context on the device (no host sync) and runs the model, compiled if asked. The runner
-never commits: the engine decides what becomes context.
+cache context on the device (no host sync) and runs the model, compiled if asked (before the
+first frame, or in the background while the eager step serves: ``compile_in_background``). The
+runner never commits: the engine decides what becomes context. ``int8`` replaces the model's
+block linears, in place, by their int8 form (kernels/int8_linear.py).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -71,6 +75,8 @@ class Runner:
         self.prefer_compiled = True  # False: stay eager after the swap (a replay of eager frames)
         self.compile_state = "compiled" if compile else "eager"  # | "compiling" | "failed: ..."
         self.compile_seconds: float | None = None
+        self.source: str | None = None  # the checkpoint folder the weights came from (a compile child reloads it)
+        self.compile_child: str | None = None  # "ok" or "failed: ..." once a compile child ran
 
     def compile_in_background(self, slots: Sequence[Sequence[int]] = ((0,),), frames: Sequence[int] = (2, 1),
                               backend: str | Callable[..., Any] = "inductor") -> threading.Thread:
@@ -85,42 +91,79 @@ class Runner:
         if self.compile_state != "eager":
             raise RuntimeError(f"the step is already {self.compile_state}")
         self.compile_state = "compiling"
-        thread = threading.Thread(target=self._compile, args=([list(s) for s in slots], list(frames), backend),
-                                  name="compile", daemon=True)
+        thread = threading.Thread(target=self._compile_background,
+                                  args=([list(s) for s in slots], list(frames), backend), name="compile", daemon=True)
         thread.start()
         return thread
 
-    def _compile(self, slots: list[list[int]], frames: list[int], backend: str | Callable[..., Any]) -> None:
+    def _compile_background(self, slots: list[list[int]], frames: list[int],
+                            backend: str | Callable[..., Any]) -> None:
         t0 = time.perf_counter()
         try:
-            try:
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)  # Linux: this thread only
-            except (AttributeError, OSError):
-                pass
-            separate_compile_cache()
-            compiled = torch.compile(self.model, dynamic=False, backend=backend)
-            scratch = KVCache(self.cache.shape, device=self.device, dtype=self.dtype)
-            m = self.config.model
-            with torch.inference_mode():
-                for rows in slots:
-                    for f in frames:
-                        if f > self.cache.shape.spare_frames:
-                            continue
-                        b = len(rows)
-                        x = torch.zeros(b, f, m.latent_channels, m.latent_height, m.latent_width, device=self.device)
-                        sigma = torch.ones(b, f, device=self.device)
-                        action = torch.zeros(b, f, m.num_actions, device=self.device)
-                        for _ in range(2):  # the second call runs the compiled code
-                            compiled(x, sigma, action, scratch.context(rows, f), torch.zeros_like(x), sigma)
-            del scratch
-            self.compile_seconds = time.perf_counter() - t0
-            self._swap_slots = frozenset(tuple(rows) for rows in slots)
-            self._swap = compiled
-            self.compile_state = "compiled"
-            log.info("step compiled in the background in %.1f s; swapped in", self.compile_seconds)
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)  # Linux: this thread only
+        except (AttributeError, OSError):
+            pass
+        separate_compile_cache()
+        if self.source is not None and isinstance(backend, str):
+            self._warm_cache_in_subprocess(slots, frames, backend)
+        try:
+            compiled = self.compile_now(slots, frames, backend)
         except Exception as e:  # torch.compile needs a C++ toolchain; serving goes on eager
             self.compile_state = f"failed: {type(e).__name__}: {e}"[:300]
             log.warning("background compile failed (%s); serving eager", self.compile_state)
+            return
+        self.compile_seconds = time.perf_counter() - t0
+        self._swap_slots = frozenset(tuple(rows) for rows in slots)
+        self._swap = compiled
+        self.compile_state = "compiled"
+        log.info("step compiled in the background in %.1f s; swapped in", self.compile_seconds)
+
+    def _warm_cache_in_subprocess(self, slots: list[list[int]], frames: list[int], backend: str) -> None:
+        """Compile the same step in a child process first, filling inductor's on-disk cache; the
+        compile here then mostly reads it. Lowering a graph is Python holding the GIL for tens of
+        seconds, and the serving thread gives the GIL back at every op: in one process a cold
+        compile stalled frames for seconds at a time (measured: 3 frames in 15 s), in a child it
+        cannot. A child that fails costs nothing but time: the compile here is then cold."""
+        c = self.cache.shape
+        cmd = [sys.executable, "-m", "engine.warm_compile", str(self.source),
+               "--dtype", str(self.dtype).removeprefix("torch."), "--slots", str(c.slots),
+               "--spare-frames", str(c.spare_frames), "--threads", str(torch.get_num_threads()),
+               "--rows", ";".join(",".join(map(str, r)) for r in slots), "--frames", ",".join(map(str, frames)),
+               "--backend", backend]
+        cmd += ["--int8"] if self.int8 else []
+        cmd += ["--batch-invariant"] if self.batch_invariant else []
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+            last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+            self.compile_child = "ok" if done.returncode == 0 else f"failed: {last}"[:300]
+        except (OSError, subprocess.TimeoutExpired) as e:
+            self.compile_child = f"failed: {e}"[:300]
+        if self.compile_child != "ok":
+            log.warning("compile cache warm-up in a child %s; compiling here cold", self.compile_child)
+
+    def compile_now(self, slots: Sequence[Sequence[int]], frames: Sequence[int],
+                    backend: str | Callable[..., Any] = "inductor") -> torch.nn.Module:
+        """The step compiled and traced for each (slots, frames) forward, on a scratch cache of
+        this runner's shape (its own cache is left alone). Blocks; raises what compile raises."""
+        import torch._inductor.config as inductor_config
+
+        # One compile worker: on a 2-core machine the other core keeps serving frames.
+        inductor_config.compile_threads = 1
+        compiled = torch.compile(self.model, dynamic=False, backend=backend)
+        scratch = KVCache(self.cache.shape, device=self.device, dtype=self.dtype)
+        m = self.config.model
+        with torch.inference_mode():
+            for rows in slots:
+                for f in frames:
+                    if f > self.cache.shape.spare_frames:
+                        continue
+                    b = len(rows)
+                    x = torch.zeros(b, f, m.latent_channels, m.latent_height, m.latent_width, device=self.device)
+                    sigma = torch.ones(b, f, device=self.device)
+                    action = torch.zeros(b, f, m.num_actions, device=self.device)
+                    for _ in range(2):  # the second call runs the compiled code
+                        compiled(x, sigma, action, scratch.context(list(rows), f), torch.zeros_like(x), sigma)
+        return compiled
 
     def begin(self, slots: Sequence[int]) -> bool:
         """Latch, for one step of these slots (all its forwards), the compiled step or the eager

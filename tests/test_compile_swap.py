@@ -7,6 +7,7 @@ inductor itself changes the last float bits (measured in docs/benchmarks.md)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -112,3 +113,23 @@ def test_a_recording_across_the_swap_replays_exactly(tiny: EngineConfig) -> None
 
     assert replay(events) == sha
     assert replay([{k: v for k, v in e.items() if k != "compiled"} for e in events])[5:] != sha[5:]
+
+
+def test_a_checkpoint_compiles_in_a_child_first(tiny: EngineConfig, tmp_path: Path) -> None:
+    """From a checkpoint the compile runs in a child process first (which fills the on-disk
+    cache the compile here then reads); the swap still keeps frames identical."""
+    from engine.checkpoint import save_checkpoint
+    from engine.engine import Engine
+    from tests.conftest import make_model
+
+    torch._dynamo.reset()
+    folder = save_checkpoint(tmp_path / "ckpt", tiny, make_model(tiny).state_dict())
+    script = action_script(6)
+    ref = Engine.from_checkpoint(folder)
+    want = [ref.reset(2), *ref.stream(script)]
+    engine = Engine.from_checkpoint(folder)
+    engine.runner.compile_in_background(backend="eager").join(timeout=600)
+    assert engine.runner.compile_child == "ok" and engine.runner.compile_state == "compiled"
+    got = [engine.reset(2), *engine.stream(script)]
+    assert all(g.compiled for g in got)
+    assert all(torch.equal(g.latent, w.latent) for g, w in zip(got, want, strict=True))

@@ -10,6 +10,7 @@ import torch
 import engine.precision as precision
 from app.engine_spec import EngineSpec
 from engine.precision import native_bf16, resolve_dtype
+from kernels.int8_linear import int8_available
 
 AVX512_BF16 = frozenset({"avx2", "avx512f", "avx512_bf16"})
 AVX512_ONLY = frozenset({"avx2", "avx512f", "avx512bw"})
@@ -80,14 +81,17 @@ def test_bench_and_health_report_the_choice(monkeypatch: pytest.MonkeyPatch, tmp
     from app.play.server import ServeArgs, create_app
 
     _machine(monkeypatch, "AVX2", AVX2_ONLY)
-    r = run_bench(BenchArgs(preset="tiny", frames=3, warmup=1, recompute=False))
+    r = run_bench(BenchArgs(preset="tiny", frames=3, warmup=1, recompute=False, int8="auto"))
     assert r["dtype"] == "fp32" and r["dtype_requested"] == "auto" and r["cpu_capability"] == "AVX2"
+    assert r["int8"] == ("on" if int8_available() else "off")  # auto: on for fp32 on a CPU with fbgemm
     assert r["threads"] == torch.get_num_threads() and r["bf16_native"] is False
     assert 0 < r["launch_to_first_frame_s"] < 3600 and set(r["ms_p50"]) == set(r["ms_p95"]) >= {"model", "jpeg"}
     assert "capability AVX2" in format_table(r) and "fp32 (auto)" in format_table(r)
     with TestClient(create_app(ServeArgs(recordings=str(tmp_path)), EngineSpec(preset="tiny"), page=False)) as c:
         h = c.get("/healthz").json()
         assert h["dtype"] == "fp32" and h["cpu_capability"] == "AVX2" and h["threads"] >= 1
+        assert h["int8"] == "off" and h["compile"] == "eager"  # the spec's: no int8, no compile
         with c.websocket_connect("/ws") as ws:
             hello = ws.receive_json()
             assert hello["type"] == "hello" and hello["dtype"] == "fp32" and hello["cpu_capability"] == "AVX2"
+            assert hello["int8"] == "off"
