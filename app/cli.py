@@ -353,6 +353,9 @@ def _play_parsers(sub: argparse._SubParsersAction) -> None:
     k.add_argument("--memory-seconds", type=float, default=300.0, help="the long recorded run (default: 300)")
     k.add_argument("--fps", type=float, default=17.5, help="the server's frames per second per session")
     k.add_argument("--seed", type=int, default=0)
+    k.add_argument("--compile", action="store_true",
+                   help="let the server compile in the background as play does by default (off: the soak would "
+                   "measure minutes of compiling, not serving)")
     k.add_argument("--short", action="store_true", help="the quick configuration `make test` runs")
     k.add_argument("--json", action="store_true", help="print one JSON object")
 

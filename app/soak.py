@@ -51,6 +51,7 @@ class SoakArgs:
     memory_seconds: float = 300.0  # the long recorded run
     seed: int = 0
     json: bool = False
+    compile: bool = False  # play's background compile (off: its minutes of compiling would be measured)
 
     def __post_init__(self) -> None:
         if self.model is not None and self.preset is not None:
@@ -100,7 +101,8 @@ class Server:
     def __init__(self, args: SoakArgs, recordings: Path, log: Path) -> None:
         model = ["--preset", args.preset] if args.preset else (["--model", args.model] if args.model else [])
         cmd = [sys.executable, "-m", "app.cli", "play", "--host", "127.0.0.1", "--port", "0", "--max-sessions", "2",
-               "--fps", str(args.fps), "--recordings", str(recordings), *model]
+               "--fps", str(args.fps), "--recordings", str(recordings), *model,
+               "--compile" if args.compile else "--no-compile"]
         self._log = open(log, "w")  # closed in stop()
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, text=True,
                                      cwd=Path(__file__).resolve().parents[1])
