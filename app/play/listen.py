@@ -46,11 +46,12 @@ def serve(args: ServeArgs, spec: EngineSpec) -> None:
 
     sock = bind(args.host, args.port)
     host, port = sock.getsockname()[:2]
-    print(f"worldstream: loading {spec.name}" + (" and compiling the step (first time: ~1 min)" if spec.compile else "")
-          + " ...", flush=True)
+    print(f"worldstream: loading {spec.name} ...", flush=True)
     app = create_app(args, spec)
     print(f"worldstream: serving {spec.name} at http://{host}:{port}/ "
-          f"(up to {args.max_sessions} sessions, {args.fps:g} FPS)", flush=True)
+          f"(up to {args.max_sessions} sessions, {args.fps:g} FPS"
+          + ("; compiling the step in the background, ~2 min the first time, then swapped in" if spec.compile else "")
+          + ")", flush=True)
     uvicorn.Server(uvicorn_config(app)).run(sockets=[sock])
 
 
