@@ -240,7 +240,7 @@ def format_table(r: dict[str, Any]) -> str:
         f"worldstream bench: {r['preset']} on {r['device']} ({r['device_name']}, {r['threads']} threads, "
         f"torch CPU capability {r['cpu_capability']}, native bf16: {'yes' if r['bf16_native'] else 'no'}), "
         f"{r['dtype']}" + (" (auto)" if r["dtype_requested"] == "auto" else "")
-        + f", attention={r['attention']}, compile={r['compile']}",
+        + f", int8={r['int8']}, attention={r['attention']}, compile={r['compile']}",
         f"  {r['resolution']}, {r['tokens_per_frame']} tokens/frame, window {r['window_frames']} + "
         f"{r['sink_frames']} sink, {r['sampler']} x {r['steps']} step(s), {r['params'] / 1e6:.1f}M params",
         f"  FPS end to end (model + decode + JPEG): {r['fps']:.1f}    model-only FPS: {r['model_fps']:.1f}",
