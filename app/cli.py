@@ -14,6 +14,7 @@ from app.engine_spec import EngineSpec, default_model
 from app.play.recorder import describe_error
 from engine.checkpoint import CheckpointError
 from engine.config import PRESETS, ConfigError
+from engine.precision import INT8_CHOICES
 from world.maps import DEFAULT_MAPS, UNSEEN_MAPS
 
 # Resolved against the source tree (make installs it editable), not the working directory.
@@ -36,8 +37,7 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
                    help="auto (default): bf16 where the hardware has native bf16 matrix math, else fp32")
     p.add_argument("--attention", choices=["auto", "sdpa", "flex", "xformers", "reference"], default="auto")
     p.add_argument("--compile", action="store_true", help="torch.compile the model step")
-    p.add_argument("--int8", choices=["auto", "on", "off"], default="auto",
-                   help="block linear layers in int8 (CPU, fp32): auto (default) = on where it runs, on, off")
+    _int8_arg(p)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
     p.add_argument("--no-recompute", dest="recompute", action="store_false",
                    help="skip the no-cache baseline (no cache_speedup)")
@@ -58,6 +58,11 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
                    help="actions for --speculate: an eval suite .json (episode 0) or a recording's .actions.jsonl "
                         "(default: assets/eval/doom-minute.json)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _int8_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--int8", choices=list(INT8_CHOICES), default="auto",
+                   help="block linear layers in int8 (CPU, fp32): auto (default) = on where it runs, on, off")
 
 
 def _maps(text: str) -> tuple[str, ...]:
@@ -106,8 +111,7 @@ def _world_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", choices=["euler", "consistency"], default=None, help="default: the model's")
     p.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto",
                    help="auto (default): bf16 where the hardware has native bf16 matrix math, else fp32")
-    p.add_argument("--int8", choices=["auto", "on", "off"], default="auto",
-                   help="block linear layers in int8 (CPU, fp32): auto (default) = on where it runs, on, off")
+    _int8_arg(p)
     p.add_argument("--mode", choices=["open-loop", "next-frame"], default="open-loop",
                    help="open-loop rollouts (default) or teacher-forced next-frame prediction")
     p.add_argument("--starts", type=int, default=24, help="next-frame: start points per episode")
@@ -275,8 +279,7 @@ def _showcase_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     p.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto",
                    help="auto (default): bf16 where the hardware has native bf16 matrix math, else fp32")
-    p.add_argument("--int8", choices=["auto", "on", "off"], default="auto",
-                   help="block linear layers in int8 (CPU, fp32): auto (default) = on where it runs, on, off")
+    _int8_arg(p)
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -294,8 +297,7 @@ def _engine_args(p: argparse.ArgumentParser, dtype: str = "auto", compile: bool 
                    help="torch.compile the model step" + (" in the background while the eager step already serves, "
                    "then swap (default: on; needs a C++ compiler, else play stays eager)" if compile else
                    " before the first frame (default: off)"))
-    p.add_argument("--int8", choices=["auto", "on", "off"], default="auto",
-                   help="block linear layers in int8 (CPU, fp32): auto (default) = on where it runs, on, off")
+    _int8_arg(p)
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: play one core fewer than torch would use, leaving a core to the "
                    "browser, event loop and JPEG; record all)")

@@ -117,11 +117,11 @@ INT8_CHOICES = ("auto", "on", "off")
 def resolve_int8(choice: str, device: str, dtype: str) -> str:
     """--int8 auto|on|off -> "on" or "off": the block linears in int8 (kernels/int8_linear.py).
     auto: on for float32 on a CPU where fbgemm runs; "on" where that is not so is an error."""
-    from kernels.int8_linear import int8_available
+    from kernels.int8_linear import int8_supported
 
     if choice not in INT8_CHOICES:
         raise ValueError(f"--int8 must be one of {list(INT8_CHOICES)}, got {choice!r}")
-    possible = device == "cpu" and dtype == "fp32" and int8_available()
+    possible = dtype in DTYPES and int8_supported(device, DTYPES[dtype])
     if choice == "on" and not possible:
         raise ValueError("--int8 on needs --device cpu, float32 (--dtype fp32, or auto where it picks fp32) "
                          "and a PyTorch build with fbgemm")

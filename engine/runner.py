@@ -26,7 +26,7 @@ from engine.model.dit import DiT
 from engine.model.layers import Linear
 from engine.precision import separate_compile_cache
 from kernels.attention import get_backend
-from kernels.int8_linear import int8_available, quantize_linears
+from kernels.int8_linear import int8_available, int8_supported, quantize_linears
 
 # The block linears that run in int8 with ``int8=True``: ~25% of a frame's step, ~2x faster.
 # The embedders, the adaLN modulation (2 rows a frame) and the output layer stay float.
@@ -54,7 +54,7 @@ class Runner:
                 module.rowwise = self.batch_invariant
         self.int8 = int8
         if int8:  # after rowwise: the int8 layers keep it
-            if self.device.type != "cpu" or dtype != torch.float32 or not int8_available():
+            if not int8_supported(self.device, dtype):
                 raise ValueError("int8 linear layers need a CPU, float32 and fbgemm (this PyTorch build: "
                                  f"{'available' if int8_available() else 'not available'})")
             quantize_linears(self.model.blocks, INT8_LAYERS)

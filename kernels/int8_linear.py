@@ -41,6 +41,11 @@ def int8_available() -> bool:
     return True
 
 
+def int8_supported(device: torch.device | str, dtype: torch.dtype) -> bool:
+    """Can a model on ``device`` in ``dtype`` run its linears here in int8? (CPU, float32, fbgemm.)"""
+    return torch.device(device).type == "cpu" and dtype == torch.float32 and int8_available()
+
+
 def _pack(weight: torch.Tensor, bias: torch.Tensor | None) -> object:
     """fbgemm's packed form of a float weight quantised symmetric per output channel."""
     w = weight.detach().float().contiguous()
