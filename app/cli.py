@@ -322,6 +322,9 @@ def _play_parsers(sub: argparse._SubParsersAction) -> None:
                    help="draft up to K frames ahead while a player holds an action, in time left between "
                         "ticks; a draft for the action that comes is shown at once (default: 0, off)")
     p.add_argument("--hold", type=int, default=1, help="ticks an action is held before it is drafted (default: 1)")
+    p.add_argument("--no-preempt", dest="preempt", action="store_false",
+                   help="finish a frame whose key changed while it was made, before the new key's frame (default: "
+                        "abandon it between model blocks and make the new key's frame at once)")
 
     r = sub.add_parser("record", help="record a rollout to MP4 (headless), or replay a recording exactly",
                        description="Roll out the model headless and write STEM.mp4 + STEM.actions.jsonl + "
@@ -589,7 +592,7 @@ def _play(args: argparse.Namespace) -> int:
         spec = dataclasses.replace(spec, threads=serving_threads())
     serve(ServeArgs(host=args.host, port=args.port, token=args.token, max_sessions=args.max_sessions,
                     fps=args.fps, recordings=args.recordings, seed=args.seed, start=args.start,
-                    speculate=args.speculate, hold=args.hold), spec)
+                    speculate=args.speculate, hold=args.hold, preempt=args.preempt), spec)
     return 0
 
 

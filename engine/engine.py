@@ -233,11 +233,14 @@ class Engine:
         return _Mark(self._t, self._pending, self._last, list(self._history), self._generator.get_state(),
                      self.runner.cache.length(self.slot))
 
-    def _restore(self, mark: _Mark) -> None:
+    def _restore(self, mark: _Mark, keep_drafts: bool = False) -> None:
+        """Back to ``mark``: its drafts are dropped (a rejection), or kept when the mark was
+        taken after them (an abandoned step: ``Preempted``)."""
         self.runner.cache.rollback(self.slot, self.runner.cache.length(self.slot) - mark.length)
         self._t, self._pending, self._last, self._history = mark.t, mark.pending, mark.last, mark.history
         self._generator.set_state(mark.generator)
-        self._drafts = []
+        if not keep_drafts:
+            self._drafts = []
 
     # ------------------------------------------------------------------ internals
     def _finish(self, index: int, x0: torch.Tensor, action: torch.Tensor) -> None:
@@ -354,9 +357,37 @@ def generate(engines: Sequence[Engine], actions: Sequence[Action], draft: bool =
         raise ValueError("a batch needs distinct rollouts (slots)")
     if not draft and any(e._drafts for e in engines):
         raise ValueError("a rollout with drafts must take or cancel them first (Engine.step does)")
-    marks = [e._mark() for e in engines] if draft else []
-    compiled = first.runner.begin([e.slot for e in engines])
+    marks = [e._mark() for e in engines]  # what a rejected draft, or an abandoned step, restores
     timer = StageTimer(first.device)
+    try:
+        compiled, x0 = _generate_latents(engines, actions)
+    except BaseException:  # Preempted (an armed check found the step stale), or a failure: leave no trace
+        for e, mark in zip(engines, marks, strict=True):
+            e._restore(mark, keep_drafts=True)
+        raise
+    timer.mark("model")
+    if first.runner.batch_invariant and len(engines) > 1:  # conv kernels, too, pick by batch size
+        rgb = torch.cat([first.decoder.decode(x0[i : i + 1]) for i in range(len(engines))]).cpu().numpy()
+    else:
+        rgb = first.decoder.decode(x0).cpu().numpy()
+    timer.mark("decode")
+    ms = timer.result()
+    frames = []
+    for i, (e, act) in enumerate(zip(engines, actions, strict=True)):
+        e._t = t = e._t + 1
+        frame = Frame(index=t, action=None if t == 0 else act, rgb=rgb[i], latent=x0[i], timings_ms=dict(ms),
+                      compiled=compiled)
+        if draft:
+            e._drafts.append((marks[i], frame))
+        frames.append(frame)
+    return frames
+
+
+def _generate_latents(engines: Sequence[Engine], actions: Sequence[Action]) -> tuple[bool, torch.Tensor]:
+    """The model part of ``generate``: (compiled?, x_t latents (B, C, h, w)); each rollout's
+    x_t is finished (context for the next step), its index not yet advanced."""
+    first = engines[0]
+    compiled = first.runner.begin([e.slot for e in engines])
     ts = [e._t + 1 for e in engines]
     a = _same([actions_to_tensor([act], first.device).view(1, 1, -1) for act in actions])  # (B, 1, A)
     gens = first._generator if len(engines) == 1 else [e._generator for e in engines]
@@ -374,19 +405,4 @@ def generate(engines: Sequence[Engine], actions: Sequence[Action], draft: bool =
         x0 = x0.clamp(-clip, clip)
     for i, (e, t) in enumerate(zip(engines, ts, strict=True)):
         e._finish(t, x0[i : i + 1], a[i : i + 1])
-    timer.mark("model")
-    if first.runner.batch_invariant and len(engines) > 1:  # conv kernels, too, pick by batch size
-        rgb = torch.cat([first.decoder.decode(x0[i : i + 1]) for i in range(len(engines))]).cpu().numpy()
-    else:
-        rgb = first.decoder.decode(x0).cpu().numpy()
-    timer.mark("decode")
-    ms = timer.result()
-    frames = []
-    for i, (e, t, act) in enumerate(zip(engines, ts, actions, strict=True)):
-        e._t = t
-        frame = Frame(index=t, action=None if t == 0 else act, rgb=rgb[i], latent=x0[i], timings_ms=dict(ms),
-                      compiled=compiled)
-        if draft:
-            e._drafts.append((marks[i], frame))
-        frames.append(frame)
-    return frames
+    return compiled, x0

@@ -13,16 +13,22 @@ an accepted draft is bit for bit the frame made without speculation), at most ``
 ahead. At the next ``step`` a draft made for the action that arrived is returned at once (no
 model time: speculation buys latency); a draft for another action is rolled back (cache,
 generator, context: nothing of it remains) and the frame is generated as if no draft had been.
+
+Preemption (live play): ``step(..., refresh=)`` abandons a batch whose actions changed while it
+was being generated, between two model blocks, and generates it again with the new actions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 from engine.action import Action
 from engine.decoder import FrameDecoder
 from engine.engine import Engine, generate
+from engine.preempt import Preempted, armed
 from engine.runner import Runner
 from engine.types import Frame
 
@@ -36,6 +42,7 @@ class SchedulerStats:
     drafted: int = 0  # frames generated ahead
     accepted: int = 0  # drafts taken
     discarded: int = 0  # drafts rolled back (the action changed, or the rollout left)
+    preempted: int = 0  # steps abandoned midway because an action changed (``step(refresh=...)``)
 
     @property
     def acceptance(self) -> float:
@@ -112,9 +119,16 @@ class Scheduler:
             raise ValueError(f"rollout on slot {engine.slot} is not one of this scheduler's")
 
     # ------------------------------------------------------------------ ticks
-    def step(self, requests: Sequence[tuple[Engine, Action]]) -> list[Frame]:
+    def step(self, requests: Sequence[tuple[Engine, Action]],
+             refresh: Callable[[], Sequence[Action]] | None = None) -> list[Frame]:
         """One frame for each (rollout, action), in order: drafts made for that action are
-        taken, the rest generated in one batched forward per denoising step."""
+        taken, the rest generated in one batched forward per denoising step.
+
+        ``refresh`` (live play) returns the requests' actions as they are now. While the batch is
+        generated, a change abandons it between model blocks (engine/preempt.py) and it is
+        generated again, once, with the actions as they are then: a key pressed mid-step waits
+        for its own frame, not for a stale one first. A frame's ``action`` is the one it used;
+        ``timings_ms["preempted"]`` is the time abandoned. Not with a draft taken in the tick."""
         if not requests:
             return []
         for engine, _ in requests:
@@ -123,27 +137,47 @@ class Scheduler:
             raise ValueError("a rollout can get one frame per tick")
         out: list[Frame | None] = []
         todo: list[int] = []
-        for i, (engine, action) in enumerate(requests):
+        for engine, action in requests:
             had = engine.drafts
             frame = engine.take_draft(action)
             if frame is not None:
                 self.stats.accepted += 1
             else:
                 self.stats.discarded += had
-                todo.append(i)
+                todo.append(len(out))
             out.append(frame)
-            last, n = self._held.get(engine.slot, (None, 0))
-            self._held[engine.slot] = (action, n + 1 if action == last else 1)
         if todo:
-            made = generate([requests[i][0] for i in todo], [requests[i][1] for i in todo])
+            made = self._generate([requests[i][0] for i in todo], [requests[i][1] for i in todo],
+                                  refresh if len(todo) == len(requests) else None)
             for i, frame in zip(todo, made, strict=True):
                 out[i] = frame
             self.stats.generated += len(todo)
             if len(todo) > 1:
                 self.stats.batched += len(todo)
+        frames = [f for f in out if f is not None]
+        for (engine, _), frame in zip(requests, frames, strict=True):
+            last, n = self._held.get(engine.slot, (None, 0))
+            self._held[engine.slot] = (frame.action, n + 1 if frame.action == last else 1)
         self.stats.ticks += 1
         self.stats.frames += len(requests)
-        return [f for f in out if f is not None]
+        return frames
+
+    def _generate(self, engines: list[Engine], actions: list[Action],
+                  refresh: Callable[[], Sequence[Action]] | None) -> list[Frame]:
+        if refresh is None:
+            return generate(engines, actions)
+        t0 = time.perf_counter()
+        try:
+            with armed(lambda: list(refresh()) != actions):
+                return generate(engines, actions)
+        except Preempted:  # generate left no trace of it
+            lost_ms = (time.perf_counter() - t0) * 1e3
+        self.stats.preempted += 1
+        fresh = list(refresh())
+        if len(fresh) != len(actions):
+            raise ValueError(f"refresh returned {len(fresh)} actions for {len(actions)} rollouts")
+        made = generate(engines, fresh)
+        return [dataclasses.replace(f, timings_ms={**f.timings_ms, "preempted": lost_ms}) for f in made]
 
     def draft(self, only: Sequence[Engine] | None = None) -> int:
         """Draft one more frame for every rollout (of ``only``, if given) whose action has been

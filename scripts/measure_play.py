@@ -40,6 +40,8 @@ def main() -> None:
                    help="as play --compile: compiled in the background; measured once it is swapped in")
     p.add_argument("--int8", choices=["auto", "on", "off"], default="auto")
     p.add_argument("--threads", type=int, default=None, help="server torch threads (default: as play, cores - 1)")
+    p.add_argument("--no-preempt", dest="preempt", action="store_false",
+                   help="as play --no-preempt: a key change mid-step waits for the stale step")
     p.add_argument("--seconds", type=float, default=30.0, help="playing time measured")
     p.add_argument("--record", type=float, default=0.0, help="then record this many seconds of play")
     args = p.parse_args()
@@ -52,7 +54,7 @@ def main() -> None:
                       threads=args.threads)
     t_start = time.monotonic()
     rec_dir = Path(tempfile.mkdtemp(prefix="worldstream-rec-"))
-    app = create_app(ServeArgs(fps=args.fps, recordings=str(rec_dir)), spec)
+    app = create_app(ServeArgs(fps=args.fps, recordings=str(rec_dir), preempt=args.preempt), spec)
     with serve_in_thread(app) as port:
         out = measure(app, port, spec, args, chromium, rec_dir, t_start)
     print(json.dumps(out, indent=2))
@@ -62,7 +64,7 @@ def measure(app: Any, port: int, spec: EngineSpec, args: argparse.Namespace, chr
             t_start: float) -> dict:
     hub = app.state.hub
     out: dict = {"model": spec.name, "steps": hub.info.engine["steps"], "compile": args.compile,
-                 "int8": spec.int8, "threads": args.threads, "target_fps": args.fps,
+                 "preempt": args.preempt, "int8": spec.int8, "threads": args.threads, "target_fps": args.fps,
                  "startup_s": round(time.monotonic() - t_start, 1)}
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium, args=FLAGS)
@@ -74,7 +76,8 @@ def measure(app: Any, port: int, spec: EngineSpec, args: argparse.Namespace, chr
             time.sleep(0.5)
         out["compile_state"], out["compile_s"] = hub.runner.compile_state, hub.runner.compile_seconds
         hub.cpu.read()
-        out.update(play_and_measure(page, args.seconds), server_cpu_cores=round(hub.cpu.read(), 3))
+        out.update(play_and_measure(page, args.seconds), server_cpu_cores=round(hub.cpu.read(), 3),
+                   preempted=hub.scheduler.stats.preempted, late_ticks=hub.late_ticks)
         if args.record > 0:
             page.click(".ws-record")
             page.wait_for_function("window.worldstream.recording !== null")

@@ -40,7 +40,7 @@ from app.play.protocol import Input, Pause, ProtocolError, RateLimit, Record, Re
 from app.play.recorder import check_writable_dir
 from app.play.session import FrameOut, Plan, PlaySession, SessionInfo, Tick
 from app.scenes import SceneStarter, available_starts, resolve_start
-from engine.action import NOOP
+from engine.action import NOOP, Action
 from engine.decoder import StandInDecoder
 from engine.engine import Engine
 from engine.precision import hardware
@@ -73,6 +73,7 @@ class ServeArgs:
     rate_limit: float = 100.0  # client messages per second (bursts of twice that)
     speculate: int = 0  # frames drafted ahead while a player holds an action (0 = off)
     hold: int = 1  # ticks an action is held before drafting
+    preempt: bool = True  # a key change mid-step abandons the stale step (engine/preempt.py)
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_sessions <= 64:
@@ -129,6 +130,7 @@ class Hub:
         self.cpu = CpuMeter()
         self.active: list[Connection] = []  # connections in the tick loop
         self._ticker: asyncio.Task[None] | None = None
+        self.input_changed = asyncio.Event()  # a player's action changed (wakes an idle tick loop)
         self.late_ticks = 0  # ticks that began after their time (the engine could not keep up)
         starter = SceneStarter()
         self.decoder = base.decoder.name
@@ -215,7 +217,22 @@ class Hub:
             while self.scheduler.speculate and playing and time.monotonic() < next_t:
                 if not await self.run(self.scheduler.draft, playing):
                     break
-            await asyncio.sleep(max(0.0, next_t - time.monotonic()))
+            if await self._idle(next_t):  # a player changed keys: their frame now, not at the next tick
+                next_t = time.monotonic()
+
+    async def _idle(self, until: float) -> bool:
+        """Sleep until ``until``; with preemption on, wake early (True) when a playing session's
+        action differs from the one its last frame used."""
+        if not self.args.preempt:
+            await asyncio.sleep(max(0.0, until - time.monotonic()))
+            return False
+        self.input_changed.clear()  # before the check: a change after it sets the event again
+        if any(c.session.changed() for c in self.active if not c.paused):
+            return True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.input_changed.wait(), max(0.0, until - time.monotonic()))
+            return True
+        return False
 
     def tick_all(self, jobs: list[tuple[PlaySession, bool]]) -> list[Tick | BaseException]:
         """Engine thread: every session's commands, one batched step for all that play, then
@@ -229,9 +246,20 @@ class Hub:
         stepping = [i for i, p in enumerate(plans) if isinstance(p, Plan) and p.action is not None]
         frames: dict[int, Frame] = {}
         failed: BaseException | None = None
+        latest: dict[int, tuple[Input, Action]] = {}
+
+        def refresh() -> list[Action]:  # the stepping sessions' actions now (read while the step runs)
+            for i in stepping:
+                latest[i] = jobs[i][0].latest()
+            return [latest[i][1] for i in stepping]
+
         try:
-            made = self.scheduler.step([(jobs[i][0].engine, plans[i].action) for i in stepping])  # type: ignore[union-attr,misc]
+            made = self.scheduler.step([(jobs[i][0].engine, plans[i].action) for i in stepping],  # type: ignore[union-attr,misc]
+                                       refresh=refresh if self.args.preempt else None)
             frames = dict(zip(stepping, made, strict=True))
+            for i, frame in frames.items():
+                if "preempted" in frame.timings_ms:  # made again for the input that arrived mid-step
+                    plans[i].input, plans[i].action = latest[i]  # type: ignore[union-attr]
         except Exception as e:
             failed = e
         out: list[Tick | BaseException] = []
@@ -347,7 +375,8 @@ class Connection:
                 self.error(str(e))
                 continue
             if isinstance(m, Input):
-                self.session.set_input(m)
+                if self.session.set_input(m):
+                    self.hub.input_changed.set()
             elif isinstance(m, Reset | Record):
                 self.session.command(m)  # applied by the next tick (paused or not)
             elif isinstance(m, Pause):

@@ -96,6 +96,8 @@ class PlaySession:
         self.id = session_id or secrets.token_hex(8)
         self._lock = threading.Lock()  # guards the fields the receive loop writes
         self._input = Input(seq=0, ts=0.0, keys=(), gamepad=None)
+        self._action = to_action((), None)  # the current input's action
+        self.last_action: Action | None = None  # the action of the last frame stepped (worker side)
         self._commands: collections.deque[Reset | Record] = collections.deque(maxlen=64)
         self._echoed_seq = 0  # seq 0: no input yet
         self.seed = 0
@@ -109,13 +111,27 @@ class PlaySession:
         self._record_ms = 0.0
 
     # ------------------------------------------------------------------ event-loop side
-    def set_input(self, msg: Input) -> None:
+    def set_input(self, msg: Input) -> bool:
+        """Take the newest input; True if its action differs from the previous input's."""
+        action = to_action(msg.keys, msg.gamepad)
         with self._lock:
-            self._input = msg
+            old, self._input, self._action = self._action, msg, action
+        return action != old
+
+    def changed(self) -> bool:
+        """The input asks for another action than the last frame's (a frame is due now)."""
+        with self._lock:
+            action = self._action
+        return self.last_action is not None and action != self.last_action
 
     def command(self, msg: Reset | Record) -> None:
         with self._lock:
             self._commands.append(msg)
+
+    def latest(self) -> tuple[Input, Action]:
+        """The input now and its action (read by a step in flight: a change preempts it)."""
+        with self._lock:
+            return self._input, self._action
 
     # ------------------------------------------------------------------ worker side
     def begin(self, step: bool) -> Plan:
@@ -124,7 +140,7 @@ class PlaySession:
         with self._lock:
             commands = list(self._commands)
             self._commands.clear()
-            inp = self._input
+            inp, action = self._input, self._action
         plan = Plan(Tick(), inp)
         for cmd in commands:
             if isinstance(cmd, Reset):
@@ -137,7 +153,7 @@ class PlaySession:
             else:
                 plan.out.messages += self._record(cmd.on)
         if plan.frame is None and step and self.engine.frame_index >= 0:
-            plan.action = to_action(inp.keys, inp.gamepad)
+            plan.action = action
         return plan
 
     def end(self, plan: Plan, frame: Frame | None = None) -> Tick:
@@ -147,6 +163,7 @@ class PlaySession:
             if frame is None:
                 raise ValueError("a planned step needs its frame")
             plan.frame, plan.event = frame, event_step(plan.action, frame.compiled)
+            self.last_action = plan.action
             self.history.add(plan.event)
         if plan.frame is not None and plan.event is not None:
             plan.out.messages += self._keep(plan.frame, plan.event)

@@ -17,6 +17,7 @@ from torch import nn
 from engine.config import ModelConfig
 from engine.model.copy_prior import copy_x0, velocity
 from engine.model.layers import Linear, RMSNorm, Rope3D, SigmaEmbedder, modulate, patchify, unpatchify
+from engine.preempt import preempt_point
 from kernels.attention import AttentionBackend, SDPAAttention
 
 
@@ -142,7 +143,10 @@ class DiT(nn.Module):
         cos_q, sin_q, cos_k, sin_k = self.rope.tables(ctx.frame_index)
         mask = self.backend.prepare(ctx.mask, dtype)  # once per forward, shared by all layers
         inp = AttentionInputs(ctx, cos_q, sin_q, cos_k, sin_k, self.backend, mask)
+        stoppable = not torch.is_grad_enabled()  # inference: a live step may be abandoned (engine/preempt.py)
         for layer, block in enumerate(self.blocks):
+            if stoppable:
+                preempt_point(tokens)
             tokens = block(tokens, cond, layer, inp)
         shift, scale = self.ada_out(cond).chunk(2, dim=-1)
         out = self.patch_out(modulate(self.norm_out(tokens), shift, scale))  # (B, F, N, C*p*p)
