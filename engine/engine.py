@@ -361,16 +361,16 @@ def generate(engines: Sequence[Engine], actions: Sequence[Action], draft: bool =
     timer = StageTimer(first.device)
     try:
         compiled, x0 = _generate_latents(engines, actions)
+        timer.mark("model")
+        if first.runner.batch_invariant and len(engines) > 1:  # conv kernels, too, pick by batch size
+            rgb = torch.cat([first.decoder.decode(x0[i : i + 1]) for i in range(len(engines))]).cpu().numpy()
+        else:
+            rgb = first.decoder.decode(x0).cpu().numpy()
+        timer.mark("decode")
     except BaseException:  # Preempted (an armed check found the step stale), or a failure: leave no trace
         for e, mark in zip(engines, marks, strict=True):
             e._restore(mark, keep_drafts=True)
         raise
-    timer.mark("model")
-    if first.runner.batch_invariant and len(engines) > 1:  # conv kernels, too, pick by batch size
-        rgb = torch.cat([first.decoder.decode(x0[i : i + 1]) for i in range(len(engines))]).cpu().numpy()
-    else:
-        rgb = first.decoder.decode(x0).cpu().numpy()
-    timer.mark("decode")
     ms = timer.result()
     frames = []
     for i, (e, act) in enumerate(zip(engines, actions, strict=True)):

@@ -28,6 +28,7 @@ from torch import nn
 
 from engine.config import ConfigError, from_dict
 from engine.files import read_json_doc, save_pair
+from engine.preempt import preempt_point
 
 WEIGHTS = "tokenizer.safetensors"
 CONFIG = "tokenizer.json"
@@ -98,10 +99,13 @@ class Tokenizer(nn.Module):
 
     def decode_raw(self, z: torch.Tensor) -> torch.Tensor:
         """Unnormalised latent -> (B, 3, H, W), ~[-1, 1] (not clamped: the loss sees it all)."""
+        stoppable = not torch.is_grad_enabled()  # a live frame may be abandoned mid-decode (engine/preempt.py)
         h = self.dec_in(z)
-        for stage in self.dec:
+        for stage in [*self.dec, self.dec_out]:
+            if stoppable:
+                preempt_point(h)
             h = stage(h)
-        return self.dec_out(h)
+        return h
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode_raw(self.encode_raw(x))

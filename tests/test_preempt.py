@@ -16,9 +16,10 @@ from app.play.protocol import Input
 from app.play.server import Hub, ServeArgs
 from engine.action import Action
 from engine.config import EngineConfig
-from engine.engine import generate
+from engine.engine import Engine, generate
 from engine.preempt import Preempted, armed, preempt_point
 from engine.scheduler import Scheduler
+from engine.tokenizer import Tokenizer, TokenizerConfig, TokenizerDecoder
 from tests.conftest import TINY, action_script, make_engine
 from tests.test_scheduler import _context, _exact, _noisy
 
@@ -67,6 +68,34 @@ def test_an_abandoned_step_leaves_no_trace(tiny: EngineConfig, steps: int, at: i
         frames.append(engine.step(action))
     clean = make_engine(cfg, recompute=recompute)
     _exact(frames, [clean.reset(4, context=_context(cfg, 2, 0)), *clean.stream(script)])
+
+
+@pytest.mark.parametrize("at", [2, 4, 6])
+def test_a_step_abandoned_while_decoding_leaves_no_trace(tiny: EngineConfig, at: int) -> None:
+    """With a trained-style decoder (the tokenizer's, which has points between its stages): 2
+    denoising steps of 2 blocks are checks 0-3, the decode 4-6. The frame was finished and the
+    previous one committed: all of it is undone."""
+    cfg = _steps(tiny, 2)
+    m = cfg.model
+    tok = TokenizerConfig(latent_channels=m.latent_channels, widths=(4, 8, 8), blocks=(0, 1, 0),
+                          height=cfg.frame.height, width=cfg.frame.width)
+
+    def engine() -> Engine:
+        with torch.random.fork_rng():
+            torch.manual_seed(1)
+            net = Tokenizer(tok)
+        return make_engine(cfg, decoder=TokenizerDecoder(net))
+
+    script = action_script(7)
+    e = engine()
+    frames = [e.reset(4)]
+    for t, action in enumerate(script):
+        if t in (1, 5):
+            with armed(_after(at)), pytest.raises(Preempted):
+                generate([e], [LEFT if action != LEFT else FWD])
+        frames.append(e.step(action))
+    clean = engine()
+    _exact(frames, [clean.reset(4), *clean.stream(script)])
 
 
 @pytest.mark.parametrize("steps", [1, 2])
