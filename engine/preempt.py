@@ -1,13 +1,14 @@
-"""Preemption: a step whose inputs went stale is abandoned between two model blocks.
+"""Preemption: a step whose inputs went stale is abandoned between two model blocks (or decoder stages).
 
 A live player's frame is generated from the action held when the step began. When the action
 changes while that step runs, finishing it would show the old action's frame first and start
 the new one only after it: the key waits for the rest of a stale step. Instead, the caller arms
 a check for the duration of the step (``armed``); the model calls ``preempt_point`` before each
-block, which raises ``Preempted`` when the check says the step is stale. ``engine.generate``
-then puts every rollout back exactly where it was (cache length, generator, context) and the
-caller regenerates with the new action. Nothing of the abandoned step remains: its K/V were
-written to cache rows past the committed length, which the next step overwrites.
+block, and the tokenizer's decoder before each stage, which raises ``Preempted`` when the check
+says the step is stale. ``engine.generate`` then puts every rollout back exactly where it was
+(cache length, generator, context; also when the frame was already finished and only being
+decoded) and the caller regenerates with the new action. Nothing of the abandoned step remains:
+its K/V were written to cache rows past the committed length, which the next step overwrites.
 
 The check is host-side Python (reading the latest input): no device sync. Eagerly the point is a
 plain call; under ``torch.compile`` it is one opaque custom op that declares it mutates the

@@ -15,7 +15,8 @@ model time: speculation buys latency); a draft for another action is rolled back
 generator, context: nothing of it remains) and the frame is generated as if no draft had been.
 
 Preemption (live play): ``step(..., refresh=)`` abandons a batch whose actions changed while it
-was being generated, between two model blocks, and generates it again with the new actions.
+was being generated (before any model block or decoder stage) and generates it again with the
+new actions.
 """
 
 from __future__ import annotations
@@ -125,7 +126,8 @@ class Scheduler:
         taken, the rest generated in one batched forward per denoising step.
 
         ``refresh`` (live play) returns the requests' actions as they are now. While the batch is
-        generated, a change abandons it between model blocks (engine/preempt.py) and it is
+        generated, a change abandons it before the next model block or decoder stage
+        (engine/preempt.py) and it is
         generated again, once, with the actions as they are then: a key pressed mid-step waits
         for its own frame, not for a stale one first. A frame's ``action`` is the one it used;
         ``timings_ms["preempted"]`` is the time abandoned. Not with a draft taken in the tick."""
