@@ -21,6 +21,7 @@ new actions.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
@@ -181,10 +182,12 @@ class Scheduler:
         made = generate(engines, fresh)
         return [dataclasses.replace(f, timings_ms={**f.timings_ms, "preempted": lost_ms}) for f in made]
 
-    def draft(self, only: Sequence[Engine] | None = None) -> int:
+    def draft(self, only: Sequence[Engine] | None = None, stale: Callable[[], bool] | None = None) -> int:
         """Draft one more frame for every rollout (of ``only``, if given) whose action has been
         held ``hold`` ticks and that has fewer than ``speculate`` drafts: one batched forward.
-        Returns how many frames were drafted (0: nothing to draft)."""
+        Returns how many frames were drafted (0: nothing to draft, or abandoned: ``stale()``
+        turned true while drafting, e.g. a player let go of the key, and the draft was dropped
+        without a trace, earlier drafts kept)."""
         if self.speculate == 0:
             return 0
         pool = self.rollouts if only is None else [e for e in only if self._rollouts.get(e.slot) is e]
@@ -196,7 +199,13 @@ class Scheduler:
                 continue
             chosen.append(engine)
             actions.append(held[0])
-        if chosen:
-            generate(chosen, actions, draft=True)
-            self.stats.drafted += len(chosen)
+        if not chosen:
+            return 0
+        try:
+            with armed(stale) if stale is not None else contextlib.nullcontext():
+                generate(chosen, actions, draft=True)
+        except Preempted:
+            self.stats.preempted += 1
+            return 0
+        self.stats.drafted += len(chosen)
         return len(chosen)

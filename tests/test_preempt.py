@@ -142,6 +142,22 @@ def test_no_preemption_when_a_draft_was_taken(tiny: EngineConfig) -> None:
     assert frame[0].action == FWD and sched.stats.accepted == 1 and sched.stats.preempted == 0
 
 
+def test_a_draft_abandoned_midway_leaves_no_trace_and_keeps_earlier_drafts(tiny: EngineConfig) -> None:
+    cfg = _noisy(tiny)
+    engine = make_engine(cfg, spare_frames=3)
+    sched = Scheduler.of(engine, speculate=2)
+    frames = [engine.reset(2)]
+    frames += sched.step([(engine, FWD)])
+    assert sched.draft(stale=lambda: False) == 1
+    assert sched.draft(stale=_after(1)) == 0  # the key changed while the second draft ran
+    assert engine.drafts == 1 and sched.stats.preempted == 1 and sched.stats.drafted == 1
+    for action in (FWD, FWD, LEFT):
+        frames += sched.step([(engine, action)])
+    assert sched.stats.accepted == 1
+    clean = make_engine(cfg, spare_frames=3)
+    _exact(frames, [clean.reset(2), *clean.stream([FWD, FWD, FWD, LEFT])])
+
+
 def test_a_compiled_step_keeps_its_preemption_points(tiny: EngineConfig) -> None:
     """Under torch.compile the point is one op in the graph (no graph break) and still raises."""
     torch._dynamo.reset()

@@ -215,10 +215,14 @@ class Hub:
             # Idle until the next tick: draft what players hold (a draft may run into that tick,
             # which then waits for it; behind schedule, nothing is drafted).
             while self.scheduler.speculate and playing and time.monotonic() < next_t:
-                if not await self.run(self.scheduler.draft, playing):
+                if not await self.run(self.scheduler.draft, playing, self._keys_changed if self.args.preempt else None):
                     break
             if await self._idle(next_t):  # a player changed keys: their frame now, not at the next tick
                 next_t = time.monotonic()
+
+    def _keys_changed(self) -> bool:
+        """A playing session's action differs from its last frame's (a draft in flight is stale)."""
+        return any(c.session.changed() for c in list(self.active) if not c.paused)
 
     async def _idle(self, until: float) -> bool:
         """Sleep until ``until``; with preemption on, wake early (True) when a playing session's
@@ -227,7 +231,7 @@ class Hub:
             await asyncio.sleep(max(0.0, until - time.monotonic()))
             return False
         self.input_changed.clear()  # before the check: a change after it sets the event again
-        if any(c.session.changed() for c in self.active if not c.paused):
+        if self._keys_changed():
             return True
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.input_changed.wait(), max(0.0, until - time.monotonic()))
