@@ -33,9 +33,10 @@ _local = threading.local()  # the check armed in this thread (the serving thread
 
 
 @contextlib.contextmanager
-def armed(stale: Callable[[], bool]) -> Iterator[None]:
+def armed(stale: Callable[[], bool] | None) -> Iterator[None]:
     """Within the block, every ``preempt_point`` in this thread raises ``Preempted`` once
-    ``stale()`` is true. Not reentrant: a nested arm replaces the outer one until it exits."""
+    ``stale()`` is true (None: nothing is armed in the block). Not reentrant: a nested arm
+    replaces the outer one until it exits."""
     outer = getattr(_local, "stale", None)
     _local.stale = stale
     try:
@@ -63,7 +64,11 @@ def _(tokens: torch.Tensor) -> None:
 
 
 def preempt_point(tokens: torch.Tensor) -> None:
-    """Raise ``Preempted`` if the armed check says the step is stale (see the module doc)."""
+    """Raise ``Preempted`` if the armed check says the step is stale (see the module doc).
+    Inference only: with gradients on (training) it is never a point, and the custom op, which
+    declares a mutation, never meets autograd."""
+    if torch.is_grad_enabled():
+        return
     if torch.compiler.is_compiling():
         _point_op(tokens)
     else:

@@ -21,7 +21,6 @@ new actions.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
@@ -202,7 +201,7 @@ class Scheduler:
         if not chosen:
             return 0
         try:
-            with armed(stale) if stale is not None else contextlib.nullcontext():
+            with armed(stale):
                 generate(chosen, actions, draft=True)
         except Preempted:
             self.stats.preempted += 1

@@ -99,11 +99,9 @@ class Tokenizer(nn.Module):
 
     def decode_raw(self, z: torch.Tensor) -> torch.Tensor:
         """Unnormalised latent -> (B, 3, H, W), ~[-1, 1] (not clamped: the loss sees it all)."""
-        stoppable = not torch.is_grad_enabled()  # a live frame may be abandoned mid-decode (engine/preempt.py)
         h = self.dec_in(z)
         for stage in [*self.dec, self.dec_out]:
-            if stoppable:
-                preempt_point(h)
+            preempt_point(h)  # a live frame may be abandoned mid-decode (engine/preempt.py)
             h = stage(h)
         return h
 

@@ -43,12 +43,17 @@ def _after(n: int) -> Callable[[], bool]:
 
 def test_nothing_armed_costs_nothing_and_armed_points_raise() -> None:
     x = torch.zeros(2)
-    preempt_point(x)  # nothing armed: a no-op
-    with armed(lambda: False):
-        preempt_point(x)
-    with armed(lambda: True), pytest.raises(Preempted):
-        preempt_point(x)
-    preempt_point(x)  # disarmed on exit
+    with torch.inference_mode():
+        preempt_point(x)  # nothing armed: a no-op
+        with armed(lambda: False):
+            preempt_point(x)
+        with armed(lambda: True), pytest.raises(Preempted):
+            preempt_point(x)
+        with armed(None):
+            preempt_point(x)
+        preempt_point(x)  # disarmed on exit
+    with armed(lambda: True):
+        preempt_point(x)  # gradients on (training): never a point
 
 
 @pytest.mark.parametrize("recompute", [False, True])

@@ -143,10 +143,8 @@ class DiT(nn.Module):
         cos_q, sin_q, cos_k, sin_k = self.rope.tables(ctx.frame_index)
         mask = self.backend.prepare(ctx.mask, dtype)  # once per forward, shared by all layers
         inp = AttentionInputs(ctx, cos_q, sin_q, cos_k, sin_k, self.backend, mask)
-        stoppable = not torch.is_grad_enabled()  # inference: a live step may be abandoned (engine/preempt.py)
         for layer, block in enumerate(self.blocks):
-            if stoppable:
-                preempt_point(tokens)
+            preempt_point(tokens)  # a live step may be abandoned here (engine/preempt.py)
             tokens = block(tokens, cond, layer, inp)
         shift, scale = self.ada_out(cond).chunk(2, dim=-1)
         out = self.patch_out(modulate(self.norm_out(tokens), shift, scale))  # (B, F, N, C*p*p)
