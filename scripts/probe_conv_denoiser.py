@@ -34,13 +34,12 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
-from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.tokenizer import TokenizerDecoder, load_tokenizer
 from eval.metrics import psnr, sharpness
-from scripts.probe_conv_predictor import STACK, Block, pick
+from scripts.probe_conv_predictor import STACK, UNet, pick
 from train.world import ClipBank, load_latent_data
 
 FPS = 17.5
@@ -55,37 +54,16 @@ def embed(x: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([ang.sin(), ang.cos()], dim=1)
 
 
-class Denoiser(nn.Module):
+class Denoiser(UNet):
+    """The predictor's U-Net reading the noisy next latent beside the stack, EDM-preconditioned,
+    conditioned on the action, the noise level and the context level."""
+
     def __init__(self, latent: int = 8, actions: int = 8, ch: int = 96, sigma_data: float = 1.0) -> None:
-        super().__init__()
-        cond = 128
+        super().__init__(latent, actions, ch, inputs=STACK + 1)
+        cond = self.COND
         self.sigma_data = sigma_data
-        self.act = nn.Sequential(nn.Linear(actions, cond), nn.SiLU(), nn.Linear(cond, cond))
         self.noise = nn.Sequential(nn.Linear(64, cond), nn.SiLU(), nn.Linear(cond, cond))
         self.ctx = nn.Sequential(nn.Linear(64, cond), nn.SiLU(), nn.Linear(cond, cond))
-        self.inp = nn.Conv2d(latent * (STACK + 1), ch, 3, padding=1)
-        self.down1 = nn.ModuleList([Block(ch, cond), Block(ch, cond)])
-        self.pool = nn.Conv2d(ch, 2 * ch, 3, stride=2, padding=1)
-        self.mid = nn.ModuleList([Block(2 * ch, cond), Block(2 * ch, cond), Block(2 * ch, cond)])
-        self.up = nn.Conv2d(2 * ch, ch, 3, padding=1)
-        self.up1 = nn.ModuleList([Block(ch, cond), Block(ch, cond)])
-        self.out = nn.Conv2d(ch, latent, 3, padding=1)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
-
-    def net(self, x: torch.Tensor, stack: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        b, k, ch, h, w = stack.shape
-        y = self.inp(torch.cat([stack.reshape(b, k * ch, h, w), x], dim=1))
-        for blk in self.down1:
-            y = blk(y, c)
-        skip = y
-        y = self.pool(y)
-        for blk in self.mid:
-            y = blk(y, c)
-        y = self.up(F.interpolate(y, size=(h, w), mode="nearest")) + skip
-        for blk in self.up1:
-            y = blk(y, c)
-        return self.out(F.silu(y))
 
     def precond(self, sigma: torch.Tensor) -> tuple[torch.Tensor, ...]:
         sd = self.sigma_data
@@ -100,7 +78,7 @@ class Denoiser(nn.Module):
         """(denoised D(x), raw output F); x (B, C, h, w) at noise ``sigma`` (B,)."""
         c_skip, c_out, c_in = self.precond(sigma)
         c = self.act(action) + self.noise(embed(sigma.log() / 4, 64)) + self.ctx(embed(ctx_level, 64))
-        raw = self.net(c_in * x, stack, c)
+        raw = self.trunk(torch.cat([stack.flatten(1, 2), c_in * x], dim=1), c)
         return c_skip * x + c_out * raw, raw
 
 

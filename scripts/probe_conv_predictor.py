@@ -51,11 +51,13 @@ class Block(nn.Module):
 
 
 class UNet(nn.Module):
-    def __init__(self, latent: int = 8, actions: int = 8, ch: int = 96) -> None:
+    COND = 128  # width of the FiLM condition
+
+    def __init__(self, latent: int = 8, actions: int = 8, ch: int = 96, inputs: int = STACK) -> None:
         super().__init__()
-        cond = 128
+        cond = self.COND
         self.act = nn.Sequential(nn.Linear(actions, cond), nn.SiLU(), nn.Linear(cond, cond))
-        self.inp = nn.Conv2d(latent * STACK, ch, 3, padding=1)
+        self.inp = nn.Conv2d(latent * inputs, ch, 3, padding=1)
         self.down1 = nn.ModuleList([Block(ch, cond), Block(ch, cond)])
         self.pool = nn.Conv2d(ch, 2 * ch, 3, stride=2, padding=1)
         self.mid = nn.ModuleList([Block(2 * ch, cond), Block(2 * ch, cond), Block(2 * ch, cond)])
@@ -65,11 +67,10 @@ class UNet(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, stack: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """stack (B, STACK, C, h, w) oldest first, action (B, A) -> next latent (B, C, h, w)."""
-        b, k, c, h, w = stack.shape
-        cond = self.act(action)
-        x = self.inp(stack.reshape(b, k * c, h, w))
+    def trunk(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """(B, inputs * C, h, w) latents stacked on channels, (B, COND) -> (B, C, h, w)."""
+        h, w = x.shape[-2:]
+        x = self.inp(x)
         for blk in self.down1:
             x = blk(x, cond)
         skip = x
@@ -79,7 +80,11 @@ class UNet(nn.Module):
         x = self.up(F.interpolate(x, size=(h, w), mode="nearest")) + skip
         for blk in self.up1:
             x = blk(x, cond)
-        return stack[:, -1] + self.out(F.silu(x))
+        return self.out(F.silu(x))
+
+    def forward(self, stack: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """stack (B, STACK, C, h, w) oldest first, action (B, A) -> next latent (B, C, h, w)."""
+        return stack[:, -1] + self.trunk(stack.flatten(1, 2), self.act(action))
 
 
 def pick(bank: ClipBank, n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
