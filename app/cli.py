@@ -215,8 +215,9 @@ def _train_parsers(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--self-frames", type=int, default=3, help="self-generated history frames in such a clip")
     w.add_argument("--bf16", action="store_true", help="autocast the forward in bfloat16 (default: fp32)")
     w.add_argument("--teacher-steps", type=int, default=16, help="Euler steps of the exported teacher")
-    w.add_argument("--loss", choices=["l2", "l1"], default="l2",
-                   help="copy prior: squared error (the mean) or absolute error (the median) of the frame")
+    w.add_argument("--loss", choices=["l2", "l1", "energy", "crps"], default="l2",
+                   help="copy prior: squared error (the mean), absolute error (the median), or the energy score "
+                        "of two samples per frame (energy) or per latent value (crps): a generator that samples")
     w.add_argument("--gdl", type=float, default=0.0,
                    help="copy prior: weight of a gradient-difference loss that makes blur cost (default 0)")
     w.add_argument("--max-minutes", type=float, default=0.0,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from engine.runner import Runner
 from tests.conftest import action_script, make_engine, make_model
 from tests.test_train import _episodes, fit_one_batch
 from train.world import WorldArgs, WorldTask, init_from
+from train.world_losses import energy_score, marginal_crps, squared_error
 
 
 def _copy(config: EngineConfig, **model: object) -> EngineConfig:
@@ -175,3 +177,49 @@ def test_latent_clip_bounds_generated_frames(tiny: EngineConfig) -> None:
     frames = [e.reset(0), *e.stream(action_script(6))]
     assert max(float(f.latent.abs().max()) for f in frames) <= 0.5
     assert float(free[0].latent.abs().max()) > 0.5
+
+
+def test_energy_score_prefers_samples_to_the_mean() -> None:
+    """The energy score is proper: for x ~ N(0, 1), i.i.d. samples of that law score better than its
+    mean (which the squared error prefers) and than samples with too little or too much spread."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 4, 2, 6, 6, generator=g)
+
+    def score(spread: float) -> float:
+        a, b = (spread * torch.randn(x.shape, generator=g) for _ in range(2))
+        return float(energy_score(a, b, x).mean())
+
+    scores = {s: score(s) for s in (0.0, 0.5, 1.0, 1.5)}
+    assert scores[1.0] < min(scores[0.0], scores[0.5], scores[1.5]), scores
+    assert squared_error(torch.zeros_like(x) - x).mean() < squared_error(torch.randn(x.shape, generator=g) - x).mean()
+
+
+@pytest.mark.parametrize("score", [energy_score, marginal_crps], ids=["energy", "crps"])
+def test_energy_score_trains_a_sampler(score: Callable[..., torch.Tensor]) -> None:
+    """A generator of noise trained with the energy score (per frame or per value) learns the spread of a
+    random target (every value +-1 at random, whatever the input): its samples have the target's std;
+    trained with the squared error, the same generator returns the mean, 0, whatever its noise."""
+    stds = {}
+    for name in ("energy", "l2"):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(8, 64), torch.nn.SiLU(), torch.nn.Linear(64, 8))
+        opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+        for _ in range(400):
+            x = torch.randint(0, 2, (256, 1, 8, 1, 1)).float() * 2 - 1
+            a, b = (net(torch.randn(256, 8)).reshape(x.shape) for _ in range(2))
+            loss = score(a, b, x) if name == "energy" else squared_error(a - x)
+            opt.zero_grad()
+            loss.mean().backward()
+            opt.step()
+        with torch.no_grad():
+            stds[name] = float(net(torch.randn(4096, 8)).std(dim=0).mean())
+    assert 0.6 < stds["energy"] < 1.4 and stds["l2"] < 0.2, stds
+
+
+@pytest.mark.parametrize("loss", ["energy", "crps"])
+def test_energy_loss_trains_the_copy_prior(tiny: EngineConfig, loss: str) -> None:
+    config = _copy(tiny)
+    task = WorldTask(WorldArgs(data="-", tokenizer="-", out="-", frames=6, copy_prior=True, target_one=0.5,
+                               loss=loss), config, _episodes(config), [], Path("-"), torch.device("cpu"))
+    losses, _ = fit_one_batch(task, _zero_head(config), 100)
+    assert losses[-1] < losses[0] / 3, (losses[0], losses[-1])
