@@ -89,6 +89,7 @@ class SamplerConfig:
     steps: int = 1
     schedule: str = "linear"  # "linear" | "shifted"
     shift: float = 1.0  # only for schedule="shifted" (SD3-style timestep shift)
+    temperature: float = 1.0  # scale of the starting noise (1: the trained law; 0: the same frame every time)
 
     def __post_init__(self) -> None:
         if self.kind not in ("euler", "consistency"):
@@ -99,6 +100,8 @@ class SamplerConfig:
             raise ConfigError(f"sampler.steps must be in [1, 1000], got {self.steps}")
         if self.shift <= 0:
             raise ConfigError(f"sampler.shift must be > 0, got {self.shift}")
+        if not 0 <= self.temperature <= 2:
+            raise ConfigError(f"sampler.temperature must be in [0, 2], got {self.temperature}")
 
 
 @dataclass(frozen=True)

@@ -392,6 +392,8 @@ def _generate_latents(engines: Sequence[Engine], actions: Sequence[Action]) -> t
     a = _same([actions_to_tensor([act], first.device).view(1, 1, -1) for act in actions])  # (B, 1, A)
     gens = first._generator if len(engines) == 1 else [e._generator for e in engines]
     noise = noise_like(torch.empty((len(engines), *first._latent_shape[1:]), device=first.device), gens)
+    if first.config.sampler.temperature != 1.0:  # a generator trained to sample: < 1 trades spread for fidelity
+        noise = noise * first.config.sampler.temperature
     if first.recompute:
         x0 = _same([first._sampler(e._denoiser_recompute(t, a[i : i + 1]), noise[i : i + 1], e._sigmas, e._generator)
                     for i, (e, t) in enumerate(zip(engines, ts, strict=True))])

@@ -31,6 +31,8 @@ def test_bad_values() -> None:
         ModelConfig(**{**base, "context_sigma": 1.5})
     with pytest.raises(ConfigError, match="steps"):
         SamplerConfig(steps=0)
+    with pytest.raises(ConfigError, match="temperature"):
+        SamplerConfig(temperature=-0.1)
     with pytest.raises(ConfigError, match="integer multiple"):
         EngineConfig(model=PRESETS["tiny"].model, frame=dataclasses.replace(PRESETS["tiny"].frame, height=13))
     with pytest.raises(ConfigError, match="unknown preset 'huge'"):

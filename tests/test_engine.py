@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from engine.action import BUTTONS, Action
-from engine.config import EngineConfig
+from engine.config import EngineConfig, SamplerConfig
 from engine.engine import Engine
 from tests.conftest import action_script, make_engine
 
@@ -118,3 +120,19 @@ def test_noised_context_is_reproducible_and_cache_consistent(tiny: EngineConfig)
         assert torch.equal(x.latent, y.latent)
         torch.testing.assert_close(x.latent, z.latent, atol=2e-5, rtol=0)
     assert not torch.equal(a[-1].latent, clean[-1].latent)
+
+
+def test_temperature_scales_the_starting_noise(tiny: EngineConfig) -> None:
+    """Temperature 0 starts every frame from zeros: two Euler rollouts with different seeds make the
+    same frames (tiny writes context without noise); temperature 1 (the default) makes them differ,
+    and 0.5 differs from 1 for the same seed."""
+    def frames(temperature: float, seed: int) -> list[torch.Tensor]:
+        config = dataclasses.replace(tiny, sampler=SamplerConfig(kind="euler", steps=2, temperature=temperature))
+        e = make_engine(config)
+        e.reset(seed)
+        return [f.latent for f in e.stream(action_script(3))]
+
+    assert tiny.model.context_sigma == 0
+    assert all(torch.equal(a, b) for a, b in zip(frames(0.0, 1), frames(0.0, 2), strict=True))
+    assert not any(torch.equal(a, b) for a, b in zip(frames(1.0, 1), frames(1.0, 2), strict=True))
+    assert not torch.equal(frames(0.5, 1)[0], frames(1.0, 1)[0])
