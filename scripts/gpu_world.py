@@ -36,13 +36,16 @@ sys.path.insert(0, str(ROOT))
 
 # The variants trained side by side (shared: copy prior from the teacher's trunk, window 8,
 # 30 % of targets at sigma 1, action-change frames weighted 3x, context written at 0.1).
-VARIANTS: dict[str, dict[str, float | int]] = {
+VARIANTS: dict[str, dict[str, float | int | str]] = {
     # the CPU recipe of docs/training.md, at GPU scale
     "a": {"context_sigma_max": 0.4, "self_prob": 0.5, "self_frames": 4},
     # GameNGen's wide context-noise augmentation
     "b": {"context_sigma_max": 0.7, "self_prob": 0.5, "self_frames": 4},
     # self forcing over (almost) the whole window
     "c": {"context_sigma_max": 0.4, "self_prob": 0.5, "self_frames": 8},
+    # a 1-step generator that samples: the per-value energy score (CRPS) of two samples, every target at sigma 1
+    # (docs/training.md: on the CPU it made noise instead of blur; this asks whether 15x the samples sharpen it)
+    "d": {"context_sigma_max": 0.4, "loss": "crps", "target_one": 1.0},
 }
 MAPS = tuple(f"MAP{i:02d}" for i in (*range(1, 9), *range(11, 33)))  # MAP09/10 stay unseen
 PART = 15 * 2**20  # the tool brings back files of at most 16 MiB
@@ -132,11 +135,11 @@ def smoke(args: argparse.Namespace, data: Path) -> None:
 
 def world_args(args: argparse.Namespace, data: Path, out: Path, name: str, minutes: float) -> dict:
     """The recipe of variant ``name`` (shared settings + VARIANTS[name]), as WorldArgs fields."""
-    return dict(data=str(data), tokenizer=str(args.init), out=str(out), init=str(args.init),
-                copy_prior=True, copy_tau=0.7, window=8, context_sigma=0.1, target_one=0.3,
-                action_weight=3.0, batch=args.batch, lr=args.lr, ema=args.ema, teacher_steps=2,
-                held_out=2, device=args.device, bf16=args.device != "cpu", max_minutes=minutes,
-                seed=ord(name), **VARIANTS[name])
+    return {**dict(data=str(data), tokenizer=str(args.init), out=str(out), init=str(args.init),
+                   copy_prior=True, copy_tau=0.7, window=8, context_sigma=0.1, target_one=0.3,
+                   action_weight=3.0, batch=args.batch, lr=args.lr, ema=args.ema, teacher_steps=2,
+                   held_out=2, device=args.device, bf16=args.device != "cpu", max_minutes=minutes,
+                   seed=ord(name)), **VARIANTS[name]}
 
 
 def train(args: argparse.Namespace, data: Path, runs: Path, minutes: float) -> dict[str, int]:
@@ -188,7 +191,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--checkpoint-every", type=int, default=1000)
-    p.add_argument("--variants", default="a,b,c")
+    p.add_argument("--variants", default="a,d")
     p.add_argument("--init", type=Path, default=ROOT / "carry" / "init")
     p.add_argument("--carry", type=Path, default=ROOT / "carry")
     p.add_argument("--work", type=Path, default=Path("/tmp/ws"))
