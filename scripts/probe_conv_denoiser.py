@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from engine.tokenizer import TokenizerDecoder, load_tokenizer
 from eval.metrics import psnr, sharpness
 from scripts.probe_conv_predictor import STACK, UNet, pick
-from train.world import ClipBank, load_latent_data
+from train.data import ClipBank, load_latent_data
 
 FPS = 17.5
 SIGMA_MIN, SIGMA_MAX, RHO = 0.002, 5.0, 7.0

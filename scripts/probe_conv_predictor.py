@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.tokenizer import TokenizerDecoder, load_tokenizer
 from eval.metrics import psnr, sharpness
-from train.world import ClipBank, load_latent_data
+from train.data import ClipBank, load_latent_data
 
 STACK = 4
 CONTEXT_SIGMA = 0.1

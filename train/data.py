@@ -15,12 +15,15 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from engine.tokenizer import WEIGHTS as TOK_WEIGHTS
+from engine.tokenizer import TokenizerDecoder, load_tokenizer
 from world.shards import load_shard, read_index
 
 
@@ -81,3 +84,35 @@ def encode_episodes(data: str | Path, rows: list[dict], encode: Encoder, tokeniz
         t = load_file(str(path))
         out.append(LatentEpisode(t["latents"], t["actions"].float()))
     return out
+
+
+class ClipBank:
+    """Episodes' latents and actions stacked into one tensor each, on the training device, so a
+    batch of clips is one gather (no Python loop over clips, no host-to-device copy per step)."""
+
+    def __init__(self, episodes: list[LatentEpisode], min_frames: int, device: torch.device) -> None:
+        eps = [e for e in episodes if len(e.latents) >= min_frames]
+        self.lengths = torch.tensor([len(e.latents) for e in eps], dtype=torch.long)
+        self.offsets = torch.cumsum(self.lengths, 0) - self.lengths
+        self.weights = self.lengths.float()  # clips drawn in proportion to an episode's length
+        self.latents = torch.cat([e.latents for e in eps]).to(device) if eps else torch.empty(0)
+        self.actions = torch.cat([e.actions for e in eps]).to(device) if eps else torch.empty(0)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+
+def load_latent_data(data: str, tok_dir: Path, held_out: int, device: torch.device,
+                     progress: bool = True) -> tuple[list[LatentEpisode], list[LatentEpisode], dict[str, Any]]:
+    """(train episodes, held-out episodes, metadata) of ``data`` as latents of the tokenizer in
+    ``tok_dir`` (encoded once, then read from the cache next to the shards)."""
+    tokenizer, tok_meta = load_tokenizer(tok_dir)
+    encoder = TokenizerDecoder(tokenizer, device=device, dtype=torch.bfloat16)  # as every cached latent was made
+    train_rows, eval_rows = split(episodes(data), held_out)
+    sha = file_sha(tok_dir / TOK_WEIGHTS)
+    train_eps = encode_episodes(data, train_rows, encoder.encode, sha, progress=progress)
+    eval_eps = encode_episodes(data, eval_rows, encoder.encode, sha, progress=progress)
+    meta = {"data": str(data), "tokenizer": str(tok_dir), "tokenizer_sha256": sha, "tokenizer_meta": tok_meta,
+            "train_episodes": len(train_eps), "train_frames": sum(len(e.latents) for e in train_eps),
+            "held_out_episodes": [r["episode"] for r in eval_rows]}
+    return train_eps, eval_eps, meta

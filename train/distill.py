@@ -37,9 +37,9 @@ from engine.checkpoint import WEIGHTS, load_config, load_weights
 from engine.config import EngineConfig, SamplerConfig
 from engine.model.dit import DiT
 from engine.sampler import Denoiser, linear_schedule, sample_consistency, sample_euler
-from train.data import LatentEpisode, file_sha
+from train.data import LatentEpisode, file_sha, load_latent_data
 from train.loop import LoopConfig, Trainer, hardware
-from train.world import WorldArgs, WorldTask, load_latent_data, randn
+from train.world import WorldArgs, WorldTask, randn
 
 
 @dataclass(frozen=True)

@@ -42,8 +42,8 @@ from engine.model.copy_prior import copy_scale, x0_from_velocity
 from engine.model.dit import DiT
 from engine.tokenizer import CONFIG as TOK_CONFIG
 from engine.tokenizer import WEIGHTS as TOK_WEIGHTS
-from engine.tokenizer import TokenizerDecoder, load_tokenizer
-from train.data import LatentEpisode, encode_episodes, episodes, file_sha, split
+from engine.tokenizer import load_tokenizer
+from train.data import ClipBank, LatentEpisode, load_latent_data
 from train.loop import LoopConfig, Trainer, hardware
 from train.world_losses import (
     absolute_error,
@@ -150,22 +150,6 @@ def randn(shape: tuple[int, ...], g: torch.Generator, device: torch.device) -> t
         return torch.randn(shape, generator=g)
     dev_gen = torch.Generator(device).manual_seed(int(torch.randint(0, 2**62, (), generator=g)))
     return torch.randn(shape, generator=dev_gen, device=device)
-
-
-class ClipBank:
-    """Episodes' latents and actions stacked into one tensor each, on the training device, so a
-    batch of clips is one gather (no Python loop over clips, no host-to-device copy per step)."""
-
-    def __init__(self, episodes: list[LatentEpisode], min_frames: int, device: torch.device) -> None:
-        eps = [e for e in episodes if len(e.latents) >= min_frames]
-        self.lengths = torch.tensor([len(e.latents) for e in eps], dtype=torch.long)
-        self.offsets = torch.cumsum(self.lengths, 0) - self.lengths
-        self.weights = self.lengths.float()  # clips drawn in proportion to an episode's length
-        self.latents = torch.cat([e.latents for e in eps]).to(device) if eps else torch.empty(0)
-        self.actions = torch.cat([e.actions for e in eps]).to(device) if eps else torch.empty(0)
-
-    def __len__(self) -> int:
-        return len(self.lengths)
 
 
 class WorldTask:
@@ -391,22 +375,6 @@ def init_from(model: DiT, path: str) -> list[str]:
         nn.init.zeros_(model.patch_out.weight)
         nn.init.zeros_(model.patch_out.bias)
     return new
-
-
-def load_latent_data(data: str, tok_dir: Path, held_out: int, device: torch.device,
-                     progress: bool = True) -> tuple[list[LatentEpisode], list[LatentEpisode], dict[str, Any]]:
-    """(train episodes, held-out episodes, metadata) of ``data`` as latents of the tokenizer in
-    ``tok_dir`` (encoded once, then read from the cache next to the shards)."""
-    tokenizer, tok_meta = load_tokenizer(tok_dir)
-    encoder = TokenizerDecoder(tokenizer, device=device, dtype=torch.bfloat16)  # as every cached latent was made
-    train_rows, eval_rows = split(episodes(data), held_out)
-    sha = file_sha(tok_dir / TOK_WEIGHTS)
-    train_eps = encode_episodes(data, train_rows, encoder.encode, sha, progress=progress)
-    eval_eps = encode_episodes(data, eval_rows, encoder.encode, sha, progress=progress)
-    meta = {"data": str(data), "tokenizer": str(tok_dir), "tokenizer_sha256": sha, "tokenizer_meta": tok_meta,
-            "train_episodes": len(train_eps), "train_frames": sum(len(e.latents) for e in train_eps),
-            "held_out_episodes": [r["episode"] for r in eval_rows]}
-    return train_eps, eval_eps, meta
 
 
 def train_world(args: WorldArgs, progress: bool = True) -> dict[str, float]:
