@@ -241,10 +241,11 @@ class WorldTask:
             scale = copy_scale(sigma, m.copy_tau).clamp(min=1e-3)[:, :, None, None, None]
             if self.args.loss in ("energy", "crps"):  # a second sample of every target, same history
                 xt2 = torch.where(target[:, :, None, None, None], (1 - s) * x0 + s * randn(tuple(x0.shape), g, dev), xt)
-                two = FullContext(torch.cat([index, index]), self.n, self.sinks, self.window)
-                v = model(torch.cat([xt, xt2]), sigma.repeat(2, 1), actions.repeat(2, 1, 1), two,
-                          prev.repeat(2, 1, 1, 1, 1), prev_sigma.repeat(2, 1)).float()
-                x0_a, x0_b = x0_from_velocity(torch.cat([xt, xt2]), v, sigma.repeat(2, 1)).chunk(2)
+                both, sigma2 = torch.cat([xt, xt2]), sigma.repeat(2, 1)
+                two = FullContext(index.repeat(2, 1), self.n, self.sinks, self.window)
+                v = model(both, sigma2, actions.repeat(2, 1, 1), two, prev.repeat(2, 1, 1, 1, 1),
+                          prev_sigma.repeat(2, 1)).float()
+                x0_a, x0_b = x0_from_velocity(both, v, sigma2).chunk(2)
                 x0_hat = x0_a
                 score = energy_score if self.args.loss == "energy" else marginal_crps
                 err = score(x0_a / scale, x0_b / scale, x0 / scale)

@@ -26,15 +26,16 @@ def absolute_error(diff: torch.Tensor) -> torch.Tensor:
     return diff.abs().mean(dim=(2, 3, 4))
 
 
+def _neighbour_differences(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """|horizontal| and |vertical| differences of neighbouring values of (..., h, w)."""
+    return x.diff(dim=-1).abs(), x.diff(dim=-2).abs()
+
+
 def gradient_difference(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
     """Mean | |d pred| - |d true| | over horizontal and vertical neighbour differences. A blurred
     prediction has smaller differences than the truth and pays for it."""
-    def d(x: torch.Tensor, dim: int) -> torch.Tensor:
-        return x.diff(dim=dim).abs()
-
-    horizontal = (d(pred, -1) - d(true, -1)).abs().mean(dim=(2, 3, 4))
-    vertical = (d(pred, -2) - d(true, -2)).abs().mean(dim=(2, 3, 4))
-    return horizontal + vertical
+    (hp, vp), (ht, vt) = _neighbour_differences(pred), _neighbour_differences(true)
+    return absolute_error(hp - ht) + absolute_error(vp - vt)
 
 
 def _rms(x: torch.Tensor) -> torch.Tensor:
@@ -53,15 +54,16 @@ def energy_score(pred_a: torch.Tensor, pred_b: torch.Tensor, true: torch.Tensor)
 def marginal_crps(pred_a: torch.Tensor, pred_b: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
     """The same score per latent value, averaged over the frame (the continuous ranked probability
     score of each marginal; FGN, Alet et al. 2025, trains a weather ensemble this way). Each value's
-    spread is scored where it is, so a static wall pays for any spread and a moving edge for none:
-    the frame-level score in 2,400 dimensions sees mostly the frame's total spread."""
-    return (0.5 * ((pred_a - true).abs() + (pred_b - true).abs()) - 0.5 * (pred_a - pred_b).abs()).mean(dim=(2, 3, 4))
+    spread is scored where it is: a static wall pays for any spread, a moving edge only for spread
+    beyond its uncertainty; the frame-level score in 2,400 dimensions sees mostly the total spread."""
+    return 0.5 * (absolute_error(pred_a - true) + absolute_error(pred_b - true)) - 0.5 * absolute_error(pred_a - pred_b)
 
 
 def sharpness(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
     """Mean neighbour-difference magnitude of ``pred`` over ``true``'s (a scalar; 1 = as sharp as the
     truth, a blur is < 1). The latent analogue of eval's sharpness ratio, for the training log."""
     def grad(x: torch.Tensor) -> torch.Tensor:
-        return x.diff(dim=-1).abs().mean() + x.diff(dim=-2).abs().mean()
+        horizontal, vertical = _neighbour_differences(x)
+        return horizontal.mean() + vertical.mean()
 
     return grad(pred) / grad(true).clamp(min=1e-8)
