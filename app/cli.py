@@ -220,6 +220,11 @@ def _train_parsers(sub: argparse._SubParsersAction) -> None:
                         "of two samples per frame (energy) or per latent value (crps): a generator that samples")
     w.add_argument("--gdl", type=float, default=0.0,
                    help="copy prior: weight of a gradient-difference loss that makes blur cost (default 0)")
+    w.add_argument("--adv", type=float, default=0.0,
+                   help="adversarial term: a patch critic on latent frames judges the 1-step predictions; its "
+                        "gradient at the output layer is this times the reconstruction's (needs --target-one > 0; "
+                        "default 0: no critic)")
+    w.add_argument("--critic-lr", type=float, default=2e-4, help="the critic's learning rate (with --adv)")
     w.add_argument("--max-minutes", type=float, default=0.0,
                    help="wall-clock budget: stop, checkpoint and end the LR schedule by then (default 0: none)")
     w.add_argument("--action-weight", type=float, default=1.0,

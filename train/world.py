@@ -45,6 +45,7 @@ from engine.tokenizer import WEIGHTS as TOK_WEIGHTS
 from engine.tokenizer import load_tokenizer
 from train.data import ClipBank, LatentEpisode, load_latent_data
 from train.loop import LoopConfig, Trainer, hardware
+from train.world_critic import Critic
 from train.world_losses import (
     absolute_error,
     energy_score,
@@ -92,6 +93,10 @@ class WorldArgs:
     # (the same score per latent value)
     loss: str = "l2"
     gdl: float = 0.0  # copy prior: weight of the gradient-difference loss (Mathieu et al. 2016): blur costs
+    # the adversarial term on 1-step frames (train/world_critic.py), relative to the reconstruction's pull at the
+    # output layer (adaptive_weight); 0 = no critic
+    adv: float = 0.0
+    critic_lr: float = 2e-4
 
     def __post_init__(self) -> None:
         if not 0 < self.target_prob <= 1:
@@ -112,6 +117,10 @@ class WorldArgs:
             raise ValueError("--gdl must be >= 0")
         if (self.loss != "l2" or self.gdl > 0) and not self.copy_prior:
             raise ValueError("--loss l1/energy/crps and --gdl apply to --copy-prior models")
+        if self.adv < 0 or self.critic_lr <= 0:
+            raise ValueError("need --adv >= 0 and --critic-lr > 0")
+        if self.adv > 0 and self.target_one == 0:
+            raise ValueError("--adv needs --target-one > 0: the critic judges 1-step frames, made from sigma 1")
         if self.max_minutes < 0:
             raise ValueError("--max-minutes must be >= 0 (0: no time budget)")
         if self.init is not None and not Path(self.init).is_dir():
@@ -152,6 +161,16 @@ def randn(shape: tuple[int, ...], g: torch.Generator, device: torch.device) -> t
     return torch.randn(shape, generator=dev_gen, device=device)
 
 
+def adaptive_weight(rec: torch.Tensor, adv: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """VQGAN's balance (Esser et al. 2021): |grad rec| / |grad adv| at the model's output layer, so
+    that ``--adv`` is the adversarial term's pull *relative* to the reconstruction's, whatever the
+    critic's current scale. Detached; 0 when the critic gives no gradient (yet)."""
+    last = model.patch_out.weight
+    g_rec = torch.autograd.grad(rec, last, retain_graph=True)[0]
+    g_adv = torch.autograd.grad(adv, last, retain_graph=True)[0]
+    return (g_rec.norm() / (g_adv.norm() + 1e-4)).clamp(max=1e4).detach()
+
+
 class WorldTask:
     def __init__(self, args: WorldArgs, config: EngineConfig, train: list[LatentEpisode],
                  held_out: list[LatentEpisode], tokenizer_dir: Path, device: torch.device) -> None:
@@ -164,6 +183,9 @@ class WorldTask:
         self.tokenizer_dir = tokenizer_dir
         m = config.model
         self.n, self.sinks, self.window = m.tokens_per_frame, m.sink_frames, m.window_frames
+        self.critic = Critic(m.latent_channels, args.critic_lr, device, args.seed) if args.adv > 0 else None
+        self._judged: tuple[torch.Tensor, torch.Tensor] | None = None  # (real, fake) for the critic's step
+        self._critic_log = {"critic": 0.0, "critic_gap": 0.0}  # the last critic step's numbers, logged
 
     # ------------------------------------------------------------------ batches
     def sample_clips(self, bank: ClipBank, batch: int,
@@ -273,8 +295,36 @@ class WorldTask:
         mine = torch.rand(len(x0), generator=g) < self.args.self_prob
         if mine.any():
             x0, sigma, target = self.self_forced(model, x0, actions, index, before, sigma, target, mine, g)
-        loss = self.flow_loss(model, x0, actions, index, before, sigma, target, g, weight)
-        return loss, {"self": float(mine.float().mean())}
+        preds: list[torch.Tensor] = []
+        loss = self.flow_loss(model, x0, actions, index, before, sigma, target, g, weight,
+                              x0_out=preds if self.critic is not None else None)
+        info = {"self": float(mine.float().mean())}
+        if self.critic is not None:
+            one = (target & (sigma == 1)).to(self.device)  # the frames a 1-step rollout shows
+            if one.any():
+                fake, real = preds[0][one], x0.to(self.device)[one]
+                adv = self.critic.generator_loss(fake)
+                w = adaptive_weight(loss, adv, model)
+                loss = loss + self.args.adv * w * adv
+                self._judged = (real.detach(), fake.detach())
+            # every step logs the same columns
+            info["adv_g"], info["adv_w"] = (float(adv.detach()), float(w)) if one.any() else (0.0, 0.0)
+            info.update(self._critic_log)
+        return loss, info
+
+    # ------------------------------------------------------------------ the critic (StatefulTask)
+    def after_step(self, model: nn.Module) -> None:
+        """The critic's own step, on the real and model frames of the step just taken."""
+        if self.critic is not None and self._judged is not None:
+            self._critic_log = self.critic.update(*self._judged)
+            self._judged = None
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {} if self.critic is None else {f"critic.{k}": v for k, v in self.critic.state().items()}
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        if self.critic is not None:
+            self.critic.load_state({k[7:]: v for k, v in tensors.items() if k.startswith("critic.")})
 
     @torch.no_grad()
     def self_forced(self, model: nn.Module, x0: torch.Tensor, actions: torch.Tensor, index: torch.Tensor,

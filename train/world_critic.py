@@ -1,0 +1,94 @@
+"""An adversarial critic for the world model's 1-step frames (``train world --adv W``).
+
+Every loss on the frame alone (L2, L1 + gradient difference, energy score, CRPS) left the 1-step
+prediction a low-pass of the last frame, and a blurred frame fed back as history fades a rollout
+to a flat field within a second (docs/training.md). A critic does not ask the prediction to be
+close to one future but to look like *a* frame: it learns what real latent frames look like
+against the model's 1-step frames (the frames a rollout shows), and the model is trained to make
+it call them real. The classic fix for blurred predictions at small compute (pix2pix: L1 + a
+patch critic; Mathieu et al. 2016; SAVP), and the "adversarial term" the anchors allow
+(fidelity.md). With the copy prior the model *starts* at copy-last, which is already a real
+frame: the critic's job is to keep the squared error from pulling it into the mean.
+
+- PatchGAN (Isola et al. 2017) over the latent grid: four 3x3 convolutions, one stride 2, so each
+  logit judges a ~9x9-cell patch of the 20x15 grid; it sees one frame, no history (a faded or
+  blotched frame is unreal whatever preceded it; whether it follows from its history is the
+  reconstruction loss's job).
+- Hinge loss (Lim & Ye 2017), spectral normalisation of every convolution (Miyato et al. 2018),
+  Adam with beta1 0.5: the usual stable setting.
+- Its weights and optimizer moments go into the training checkpoint (``state``/``load_state``), so
+  a resumed run continues the same game.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+
+class LatentCritic(nn.Module):
+    """(N, C, h, w) latent frames -> (N, h', w') realness logits, one per patch."""
+
+    def __init__(self, channels: int, width: int = 64) -> None:
+        super().__init__()
+        act = nn.LeakyReLU(0.2)
+        self.net = nn.Sequential(
+            spectral_norm(nn.Conv2d(channels, width, 3, padding=1)), act,
+            spectral_norm(nn.Conv2d(width, 2 * width, 3, stride=2, padding=1)), act,
+            spectral_norm(nn.Conv2d(2 * width, 2 * width, 3, padding=1)), act,
+            spectral_norm(nn.Conv2d(2 * width, 1, 3, padding=1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.float())[:, 0]
+
+
+class Critic:
+    """The critic and its optimizer: ``generator_loss`` for the model's step, ``update`` for its own."""
+
+    def __init__(self, channels: int, lr: float, device: torch.device, seed: int = 0) -> None:
+        with torch.random.fork_rng(devices=[]):  # same seed, same critic; the global generator untouched
+            torch.manual_seed(seed)
+            self.net = LatentCritic(channels).to(device)
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=lr, betas=(0.5, 0.9))
+
+    def generator_loss(self, fake: torch.Tensor) -> torch.Tensor:
+        """-mean D(fake): lower when the critic calls the model's frames real. Gradients reach
+        ``fake`` only; the critic's weights are left alone (they learn in ``update``)."""
+        self.net.requires_grad_(False)
+        try:
+            return -self.net(fake).mean()
+        finally:
+            self.net.requires_grad_(True)
+
+    def update(self, real: torch.Tensor, fake: torch.Tensor) -> dict[str, float]:
+        """One hinge-loss step on real and (detached) model frames; returns the numbers to log."""
+        d_real, d_fake = self.net(real.detach()), self.net(fake.detach())
+        loss = torch.relu(1 - d_real).mean() + torch.relu(1 + d_fake).mean()
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)  # nothing left behind for the model's backward to add to
+        return {"critic": float(loss.detach()), "critic_gap": float((d_real.mean() - d_fake.mean()).detach())}
+
+    # ------------------------------------------------------------------ checkpoint
+    def state(self) -> dict[str, torch.Tensor]:
+        tensors = {f"net.{k}": v for k, v in self.net.state_dict().items()}
+        for idx, st in self.opt.state_dict()["state"].items():
+            for k, v in st.items():
+                tensors[f"opt.{idx}.{k}"] = torch.as_tensor(v).reshape(1) if not torch.is_tensor(v) or v.ndim == 0 \
+                    else v
+        return tensors
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        net = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}
+        if not net:
+            return  # a checkpoint from before the critic: it starts fresh
+        self.net.load_state_dict(net)
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for k, v in tensors.items():
+            if k.startswith("opt."):
+                _, idx, name = k.split(".", 2)
+                state.setdefault(int(idx), {})[name] = v.reshape(()) if name == "step" else v
+        groups = self.opt.state_dict()["param_groups"]
+        self.opt.load_state_dict({"state": state, "param_groups": groups})
