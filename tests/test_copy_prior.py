@@ -24,8 +24,9 @@ from engine.model.dit import DiT
 from engine.runner import Runner
 from tests.conftest import action_script, make_engine, make_model
 from tests.test_train import _episodes, fit_one_batch
-from train.world import WorldArgs, WorldTask, init_from
+from train.world import WorldArgs, WorldTask
 from train.world_losses import energy_score, marginal_crps, squared_error
+from train.world_setup import init_from
 
 
 def _copy(config: EngineConfig, **model: object) -> EngineConfig:

@@ -36,8 +36,8 @@ import torch
 from torch import nn
 
 from engine.cache import FullContext
-from engine.checkpoint import load_config, load_weights, save_checkpoint
-from engine.config import EngineConfig, SamplerConfig, get_preset
+from engine.checkpoint import save_checkpoint
+from engine.config import EngineConfig
 from engine.model.copy_prior import copy_scale, x0_from_velocity
 from engine.model.dit import DiT
 from engine.tokenizer import CONFIG as TOK_CONFIG
@@ -45,7 +45,7 @@ from engine.tokenizer import WEIGHTS as TOK_WEIGHTS
 from engine.tokenizer import load_tokenizer
 from train.data import ClipBank, LatentEpisode, load_latent_data
 from train.loop import LoopConfig, Trainer, hardware
-from train.world_critic import Critic
+from train.world_critic import Critic, adaptive_weight
 from train.world_losses import (
     absolute_error,
     energy_score,
@@ -54,6 +54,7 @@ from train.world_losses import (
     sharpness,
     squared_error,
 )
+from train.world_setup import init_from, teacher_config
 
 LOSSES = ("l2", "l1", "energy", "crps")
 
@@ -159,16 +160,6 @@ def randn(shape: tuple[int, ...], g: torch.Generator, device: torch.device) -> t
         return torch.randn(shape, generator=g)
     dev_gen = torch.Generator(device).manual_seed(int(torch.randint(0, 2**62, (), generator=g)))
     return torch.randn(shape, generator=dev_gen, device=device)
-
-
-def adaptive_weight(rec: torch.Tensor, adv: torch.Tensor, model: nn.Module) -> torch.Tensor:
-    """VQGAN's balance (Esser et al. 2021): |grad rec| / |grad adv| at the model's output layer, so
-    that ``--adv`` is the adversarial term's pull *relative* to the reconstruction's, whatever the
-    critic's current scale. Detached; 0 when the critic gives no gradient (yet)."""
-    last = model.patch_out.weight
-    g_rec = torch.autograd.grad(rec, last, retain_graph=True)[0]
-    g_adv = torch.autograd.grad(adv, last, retain_graph=True)[0]
-    return (g_rec.norm() / (g_adv.norm() + 1e-4)).clamp(max=1e4).detach()
 
 
 class WorldTask:
@@ -392,40 +383,6 @@ class WorldTask:
         for name in (TOK_WEIGHTS, TOK_CONFIG):
             if (self.tokenizer_dir / name).resolve() != (folder / name).resolve():
                 shutil.copyfile(self.tokenizer_dir / name, folder / name)
-
-
-def teacher_config(args: WorldArgs) -> EngineConfig:
-    base = get_preset(args.preset)
-    model = dataclasses.replace(base.model, context_sigma=args.context_sigma, copy_prior=args.copy_prior,
-                                copy_tau=args.copy_tau, window_frames=args.window or base.model.window_frames)
-    return dataclasses.replace(base, model=model,
-                               sampler=SamplerConfig(kind="euler", steps=args.teacher_steps, schedule="linear"))
-
-
-# What a fine-tune may change relative to its --init checkpoint: the trunk's shapes stay.
-_FINETUNE_FIELDS = ("context_sigma", "copy_prior", "copy_tau", "window_frames")
-
-
-def init_from(model: DiT, path: str) -> list[str]:
-    """Load ``path``'s weights into ``model`` (a fine-tune). The two configs may differ only in
-    _FINETUNE_FIELDS. Going from a plain model to a copy-prior one, the new input layers keep
-    their init and the output layer is zeroed, so the fine-tune starts exactly at copy-last.
-    Returns the names of the tensors that did not come from ``path``."""
-    init_config, _ = load_config(path)
-    same = {f: getattr(model.cfg, f) for f in _FINETUNE_FIELDS}
-    if dataclasses.replace(init_config.model, **same) != model.cfg:
-        raise ValueError(f"--init {path}: its model differs from this run's in more than {_FINETUNE_FIELDS}")
-    own = model.state_dict()
-    init_model = DiT(init_config.model)
-    loaded = load_weights(path, init_model.state_dict())
-    new = sorted(set(own) - set(loaded))
-    model.load_state_dict({**own, **{k: v for k, v in loaded.items() if k in own}})
-    if model.cfg.copy_prior and not init_config.model.copy_prior:
-        for name in ("prev_in", "prev_sigma_embed.mlp.2"):
-            nn.init.zeros_(model.get_submodule(name).weight)
-        nn.init.zeros_(model.patch_out.weight)
-        nn.init.zeros_(model.patch_out.bias)
-    return new
 
 
 def train_world(args: WorldArgs, progress: bool = True) -> dict[str, float]:

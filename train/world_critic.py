@@ -92,3 +92,13 @@ class Critic:
                 state.setdefault(int(idx), {})[name] = v.reshape(()) if name == "step" else v
         groups = self.opt.state_dict()["param_groups"]
         self.opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def adaptive_weight(rec: torch.Tensor, adv: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """VQGAN's balance (Esser et al. 2021): |grad rec| / |grad adv| at the model's output layer, so
+    that ``--adv`` is the adversarial term's pull *relative* to the reconstruction's, whatever the
+    critic's current scale. Detached; 0 when the critic gives no gradient (yet)."""
+    last = model.patch_out.weight
+    g_rec = torch.autograd.grad(rec, last, retain_graph=True)[0]
+    g_adv = torch.autograd.grad(adv, last, retain_graph=True)[0]
+    return (g_rec.norm() / (g_adv.norm() + 1e-4)).clamp(max=1e4).detach()
