@@ -98,6 +98,7 @@ class WorldArgs:
     # output layer (adaptive_weight); 0 = no critic
     adv: float = 0.0
     critic_lr: float = 2e-4
+    critic_steps: int = 1  # critic updates per model step (on that step's frames)
 
     def __post_init__(self) -> None:
         if not 0 < self.target_prob <= 1:
@@ -118,8 +119,8 @@ class WorldArgs:
             raise ValueError("--gdl must be >= 0")
         if (self.loss != "l2" or self.gdl > 0) and not self.copy_prior:
             raise ValueError("--loss l1/energy/crps and --gdl apply to --copy-prior models")
-        if self.adv < 0 or self.critic_lr <= 0:
-            raise ValueError("need --adv >= 0 and --critic-lr > 0")
+        if self.adv < 0 or self.critic_lr <= 0 or self.critic_steps < 1:
+            raise ValueError("need --adv >= 0, --critic-lr > 0 and --critic-steps >= 1")
         if self.adv > 0 and self.target_one == 0:
             raise ValueError("--adv needs --target-one > 0: the critic judges 1-step frames, made from sigma 1")
         if self.max_minutes < 0:
@@ -307,7 +308,8 @@ class WorldTask:
     def after_step(self, model: nn.Module) -> None:
         """The critic's own step, on the real and model frames of the step just taken."""
         if self.critic is not None and self._judged is not None:
-            self._critic_log = self.critic.update(*self._judged)
+            for _ in range(self.args.critic_steps):
+                self._critic_log = self.critic.update(*self._judged)
             self._judged = None
 
     def state(self) -> dict[str, torch.Tensor]:
