@@ -15,7 +15,7 @@ from app.play.recorder import describe_error
 from engine.checkpoint import CheckpointError
 from engine.config import PRESETS, ConfigError
 from engine.precision import INT8_CHOICES
-from world.maps import DEFAULT_MAPS, UNSEEN_MAPS
+from world.maps import DEFAULT_MAPS, UNSEEN_MAPS, parse_maps
 
 # Resolved against the source tree (make installs it editable), not the working directory.
 DEFAULT_SUITE = str(Path(__file__).resolve().parents[1] / "assets" / "eval" / "doom-minute.json")
@@ -66,10 +66,10 @@ def _int8_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _maps(text: str) -> tuple[str, ...]:
-    maps = tuple(m.strip().upper() for m in text.split(",") if m.strip())
-    if not maps:
-        raise argparse.ArgumentTypeError("expected a comma-separated list such as MAP01,MAP02")
-    return maps
+    try:
+        return parse_maps(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _world_parsers(sub: argparse._SubParsersAction) -> None:

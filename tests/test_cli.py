@@ -97,3 +97,19 @@ def test_cli_needs_no_game_to_parse() -> None:
         "assert a.what == 'distill' and a.student_steps == 2\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_maps_expand_ranges_and_reject_unknown_names(capsys: pytest.CaptureFixture[str]) -> None:
+    """ViZDoom waits forever on a map it does not know (it took ``MAP01..MAP08`` as one name), so
+    collect and eval must expand ranges and refuse anything else before a game starts."""
+    from world.maps import parse_maps
+
+    assert parse_maps("MAP01..MAP03, map11,MAP02") == ("MAP01", "MAP02", "MAP03", "MAP11")
+    assert parse_maps("e1m1..E1M2") == ("E1M1", "E1M2")
+    for bad in ("MAP1", "MAP01..E1M2", "E1M1..E2M3", "MAP08..MAP01", "DOOM", " , "):
+        with pytest.raises(ValueError):
+            parse_maps(bad)
+    with pytest.raises(SystemExit) as exit_:
+        main(["collect", "--episodes", "1", "--seconds", "1", "--seed", "0", "--out", "x", "--maps", "MAP01..E1M2"])
+    assert exit_.value.code == 2
+    assert "--maps" in capsys.readouterr().err
