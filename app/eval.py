@@ -30,7 +30,7 @@ import os
 import sys
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ from app.eval_summary import HORIZONS_S, METRICS, markdown, plot
 from app.predictors import BASELINES, EnginePredictor, Predictor
 from engine.action import Action
 from engine.files import read_json_lines
-from engine.precision import set_threads
+from engine.precision import resolve_dtype, set_threads
 from eval.bootstrap import mean_interval
 from eval.fd import aggregate_fd, episode_fd_stats
 from eval.idm import BUNDLED as BUNDLED_IDM
@@ -264,6 +264,10 @@ def score_item(ep: EvalEpisode, predictor: Predictor, idm: InverseDynamics | Non
 
 def run_eval(args: EvalArgs) -> dict[str, Any]:
     suite = load_suite(args.suite)
+    if args.predictor is None:
+        # "auto" times bf16 against fp32: every worker deciding for itself under load could score
+        # some episodes in another format than the rest. Decided once here, for all of them.
+        args = replace(args, dtype=resolve_dtype(args.dtype, args.device))
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -129,7 +129,7 @@ class TokenizerDecoder:
     """A trained ``Tokenizer`` behind the engine's ``FrameDecoder`` interface, in the engine's
     dtype (one knob: engine/precision.py). bf16 halves decode time on CPUs with native bf16
     (2.8 vs 6.1 ms) at the same held-out PSNR (29.32 vs 29.32 dB over 128 frames) and is 4x slower
-    where bf16 is emulated (AVX2). The world trainer encodes its latents in bf16 (train/world.py)."""
+    where bf16 is emulated (AVX2). The world trainer encodes its latents in bf16 where native (train/data.py)."""
 
     def __init__(self, tokenizer: Tokenizer, name: str = "tokenizer",
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:

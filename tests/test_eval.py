@@ -183,6 +183,22 @@ def test_eval_keeps_going_past_a_failing_episode(tmp_path: Path, monkeypatch: py
     assert rows[1]["status"] == "failed" and "boom" in rows[1]["error"]
 
 
+def test_workers_get_the_dtype_decided_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--dtype auto is decided by timing bf16 against fp32; the parent decides it once and every
+    worker gets the answer (each deciding under the others' load once scored an episode in fp32
+    beside bf16 ones)."""
+    import app.eval as ev
+    import app.eval_workers as workers
+
+    seen = []
+    monkeypatch.setattr(ev, "resolve_dtype", lambda name, device="cpu": "fp32" if name == "auto" else name)
+    monkeypatch.setattr(workers, "score_in_workers", lambda args, names, threads, finished, strip=None:
+                        seen.append(args.dtype))
+    ev.run_eval(ev.EvalArgs(suite=DEFAULT_SUITE, out=str(tmp_path), preset="tiny", episodes=2, seconds=1.0,
+                            idm="none", fd="none", workers=2))
+    assert seen == ["fp32"]
+
+
 def test_eval_runs_a_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`--model PATH`: any engine checkpoint is a predictor (random weights: plumbing, not quality)."""
     from engine.checkpoint import save_checkpoint
@@ -277,4 +293,7 @@ def test_workers_and_ray_give_the_serial_result(tmp_path: Path, where: str) -> N
 
     serial = rows("serial")
     assert [r["status"] for r in serial] == ["ok"] * 3 and serial[0]["threads"] == 1
-    assert serial == rows("workers")
+    spread_rows = rows("workers")
+    differ = [(i, k, a.get(k), b.get(k)) for i, (a, b) in enumerate(zip(serial, spread_rows, strict=True))
+              for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    assert serial == spread_rows, differ[:10]

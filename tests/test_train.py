@@ -351,3 +351,29 @@ def test_showcase_writes_pictures(tmp_path: Path) -> None:
     shifts = {k: v["mean_shift_px_per_frame"] for k, v in result["actions"].items()}
     assert shifts["turn left"]["game"] > 2 and shifts["turn right"]["game"] < -2
     assert shifts["turn left"]["model"] == 0  # copy-last never moves
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_latents_are_encoded_in_fp32_where_bf16_is_emulated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           native: bool) -> None:
+    """Emulated bf16 (AVX2) encoded 15x slower than fp32; such CPUs encode in fp32, into a cache of
+    their own, so that latents of two formats never mix under one name."""
+    import train.data as data_mod
+    from world.shards import append_index, write_shard
+
+    data = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    for ep in range(2):
+        append_index(data, write_shard(data, ep, rng.integers(0, 255, (3, 120, 160, 3), dtype=np.uint8),
+                                       rng.integers(0, 2, (3, 8), dtype=np.uint8), {}))
+    tok = tmp_path / "tok"
+    save_tokenizer(tok, Tokenizer(TokenizerConfig()))
+    made = []
+    real = data_mod.TokenizerDecoder
+    monkeypatch.setattr(data_mod, "native_bf16", lambda device="cpu": native)
+    monkeypatch.setattr(data_mod, "TokenizerDecoder", lambda *a, **k: made.append(k["dtype"]) or real(*a, **k))
+    train_eps, held, _ = data_mod.load_latent_data(str(data), tok, 1, torch.device("cpu"), progress=False)
+    assert made == [torch.bfloat16 if native else torch.float32]
+    (cache,) = (data / "latents").iterdir()
+    assert cache.name.endswith("-fp32") != native and len(list(cache.iterdir())) == 2
+    assert train_eps[0].latents.shape[0] == 3 and len(held) == 1
