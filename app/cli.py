@@ -207,6 +207,9 @@ def _train_parsers(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--copy-prior", action="store_true",
                    help="each frame reads its predecessor; the denoiser defaults to copying it")
     w.add_argument("--copy-tau", type=float, default=0.5, help="copy prior: std of a frame's change (latent units)")
+    w.add_argument("--copy-denoised", action="store_true",
+                   help="copy prior: copy the predecessor's posterior mean, not the noisy context (a rollout of copies "
+                        "keeps its contrast instead of fading by the context level every frame)")
     w.add_argument("--window", type=int, default=0, help="frames attended besides sinks (default: the preset's)")
     w.add_argument("--target-one", type=float, default=0.0,
                    help="share of targets at sigma 1, where a 1-step sampler starts (default 0)")

@@ -38,6 +38,7 @@ class ModelConfig:
     # the denoiser is preconditioned so that its default output is the predecessor (copy-last).
     copy_prior: bool = False
     copy_tau: float = 0.5  # prior std of a frame's change from its predecessor (latent units)
+    copy_denoised: bool = False  # copy the predecessor's posterior mean g(c) prev, not the noisy context (no fade)
     latent_clip: float = 0.0  # > 0: generated latents are clamped to [-clip, clip] (the tokenizer's range)
 
     def __post_init__(self) -> None:

@@ -19,7 +19,7 @@ from engine.cache import FullContext
 from engine.checkpoint import save_checkpoint
 from engine.config import EngineConfig, SamplerConfig
 from engine.engine import Engine
-from engine.model.copy_prior import copy_gain, copy_scale, copy_x0
+from engine.model.copy_prior import clean_gain, copy_gain, copy_scale, copy_x0
 from engine.model.dit import DiT
 from engine.runner import Runner
 from tests.conftest import action_script, make_engine, make_model
@@ -61,6 +61,24 @@ def test_untrained_model_is_copy_last(tiny: EngineConfig) -> None:
     torch.testing.assert_close(frames[0].latent, context[-1], atol=1e-5, rtol=0)
     for a, b in itertools.pairwise(frames):
         torch.testing.assert_close(b.latent, a.latent, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("denoised", [False, True])
+def test_copies_of_noisy_context_fade_unless_denoised(tiny: EngineConfig, denoised: bool) -> None:
+    """Context written at c = 0.1: copying it as is shrinks every frame by 0.9 (a rollout fades to
+    the mean within a second); copying its posterior mean keeps the frame's contrast."""
+    base = _copy(tiny, context_sigma=0.1, copy_denoised=denoised)
+    config = dataclasses.replace(base, sampler=SamplerConfig(kind="consistency", steps=1))
+    engine = Engine.build(config, _zero_head(config))
+    m = config.model
+    g = torch.Generator().manual_seed(0)
+    context = torch.randn(4, m.latent_channels, m.latent_height, m.latent_width, generator=g)
+    engine.reset(0, context=context, context_actions=[Action()] * 3)
+    frames = list(engine.stream(action_script(20)))
+    kept = float(frames[-1].latent.std() / context[-1].std())
+    assert (kept > 0.8) if denoised else (kept < 0.3), kept
+    s = torch.tensor([[0.0, 0.1, 1.0]])
+    torch.testing.assert_close(clean_gain(s), torch.tensor([[1.0, 0.9 / 0.82, 0.0]]))
 
 
 def test_predecessor_changes_the_output_only_for_copy_models(tiny: EngineConfig) -> None:

@@ -83,6 +83,7 @@ class WorldArgs:
     init: str | None = None  # start from this checkpoint's weights (a fine-tune; resume still wins)
     copy_prior: bool = False  # predecessor as input + copy-last preconditioning (see module doc)
     copy_tau: float = 0.5
+    copy_denoised: bool = False  # copy prior: copy the predecessor's posterior mean (engine/model/copy_prior.py)
     window: int = 0  # frames attended besides sinks; 0 = the preset's
     target_one: float = 0.0  # share of targets at sigma = 1 exactly
     self_prob: float = 0.0  # share of clips whose last history frames are the model's own 1-step samples
@@ -111,6 +112,8 @@ class WorldArgs:
             raise ValueError("need --self-prob in [0, 1] and --self-frames >= 1")
         if not 0 <= self.target_one <= 1:
             raise ValueError("--target-one must be in [0, 1]")
+        if self.copy_denoised and not self.copy_prior:
+            raise ValueError("--copy-denoised applies to --copy-prior models")
         if self.window < 0 or self.copy_tau <= 0:
             raise ValueError("need --window >= 0 and --copy-tau > 0")
         if self.loss not in LOSSES:

@@ -14,6 +14,12 @@ The network predicts the rest in units of that std (EDM-style): x0_hat = base + 
 F = 0 (a zero-initialised output layer) the model *is* copy-last at s = 1, so training starts
 from the baseline it must beat. The samplers keep their velocity interface:
 v = (x_s - x0_hat) / s, so x_s - s v = x0_hat exactly.
+
+The predecessor is context, written at a level c: prev = (1 - c) x + c eps. Copied as is, every
+frame of a rollout is shrunk by (1 - c) (a 10 % fade per frame at c = 0.1, to a flat mean-coloured
+field within a second) unless the network learns to undo it exactly. With ``denoised`` the copy
+starts from the predecessor's posterior mean instead, g(c) prev with g(c) = (1 - c) / ((1 - c)^2 + c^2)
+(latents of unit variance), whose per-frame gain is ~1 by construction (``clean_gain``).
 """
 
 from __future__ import annotations
@@ -40,9 +46,19 @@ def copy_scale(sigma: torch.Tensor, tau: float) -> torch.Tensor:
     return tau * s / torch.sqrt((1 - s) ** 2 * tau**2 + s**2)
 
 
+def clean_gain(prev_sigma: torch.Tensor) -> torch.Tensor:
+    """g(c) = (1 - c) / ((1 - c)^2 + c^2): E[x | (1 - c) x + c eps] / ((1 - c) x + c eps) for
+    x ~ N(0, 1); 1 at c = 0, 0 at c = 1 (no predecessor), (B, F)."""
+    a = 1 - prev_sigma.float()
+    return a / (a**2 + prev_sigma.float() ** 2)
+
+
 def copy_x0(x: torch.Tensor, prev: torch.Tensor, sigma: torch.Tensor, out: torch.Tensor,
-            tau: float) -> torch.Tensor:
-    """x0_hat = base + scale F. x, prev, out: (B, F, C, h, w); sigma: (B, F)."""
+            tau: float, prev_sigma: torch.Tensor | None = None) -> torch.Tensor:
+    """x0_hat = base + scale F. x, prev, out: (B, F, C, h, w); sigma: (B, F). With ``prev_sigma``
+    (the predecessor's level, (B, F)) the copy is of its posterior mean g(c) prev."""
+    if prev_sigma is not None:
+        prev = prev * _expand(clean_gain(prev_sigma), prev)
     s = _expand(sigma, x)
     k = _expand(copy_gain(sigma, tau), x)
     base = prev + k * (x - (1 - s) * prev)

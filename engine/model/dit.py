@@ -152,7 +152,7 @@ class DiT(nn.Module):
         if not cfg.copy_prior:
             return out
         assert prev is not None
-        x0 = copy_x0(x.float(), prev.float(), sigma, out, cfg.copy_tau)
+        x0 = copy_x0(x.float(), prev.float(), sigma, out, cfg.copy_tau, prev_sigma if cfg.copy_denoised else None)
         return velocity(x.float(), x0, sigma)
 
     def num_params(self) -> int:
