@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -71,6 +74,37 @@ def play_episode(folder: str, episode: int, spec: DoomSpec, steps: int) -> dict[
     return write_shard(Path(folder), episode, run.frames, actions, meta)
 
 
+def _play(job: tuple[str, int, DoomSpec, int]) -> dict[str, Any]:
+    return play_episode(*job)
+
+
+def _raise_exit(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _worker_signals() -> None:
+    """Workers leave Ctrl-C to the parent, which stops them all (no traceback from each), and
+    end on its SIGTERM through their ``finally`` blocks: the game is a process of its own
+    (vizdoom), left running, orphaned, unless closed."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _raise_exit)
+
+
+@contextmanager
+def _term_is_exit() -> Iterator[None]:
+    """SIGTERM ends the parent through its ``with`` blocks, so the pool's workers are stopped
+    with it (a killed parent used to leave them running, orphaned)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    previous = signal.signal(signal.SIGTERM, _raise_exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _check_writable(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -93,10 +127,11 @@ def run_collect(args: CollectArgs) -> dict[str, Any]:
     start = time.perf_counter()
     new_frames = 0
     bar = tqdm(total=args.episodes, initial=len(have), desc="collect", unit="episode", file=sys.stderr)
-    with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(play_episode, str(folder), i, specs[i], steps) for i in todo]
-        for future in futures:
-            row = future.result()
+    jobs = [(str(folder), i, specs[i], steps) for i in todo]
+    # Pool, not ProcessPoolExecutor: leaving its block terminates the workers (Ctrl-C, SIGTERM, an
+    # error), where the executor waited for every queued episode to be played first
+    with _term_is_exit(), get_context("spawn").Pool(args.workers, initializer=_worker_signals) as pool:
+        for row in pool.imap(_play, jobs):
             append_index(folder, row)
             done.append(row)
             new_frames += row["frames"]

@@ -150,6 +150,45 @@ def test_killed_collect_leaves_a_consistent_index_and_resumes(tmp_path: Path) ->
     assert all(load_shard(tmp_path, r, verify=True)[0].shape[0] == r["frames"] for r in rows)
 
 
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_stopped_collect_stops_its_workers(tmp_path: Path, sig: str) -> None:
+    """SIGTERM or Ctrl-C to `worldstream collect --workers 2` ends its worker processes and their
+    games (vizdoom runs as a process of its own) too: they were left running, orphaned."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cmd = [sys.executable, "-m", "app.cli", "collect", "--episodes", "40", "--seconds", "4", "--seed", "5",
+           "--out", str(tmp_path), "--maps", "MAP01", "--workers", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+    def children(pid: int) -> set[int]:  # all descendants
+        out: set[int] = set()
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            for c in (task / "children").read_text().split():
+                out |= {int(c)} | children(int(c))
+        return out
+
+    def games(pids: set[int]) -> list[int]:
+        return [p for p in pids if Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[0].endswith(b"vizdoom")]
+
+    deadline = time.monotonic() + 60
+    workers: set[int] = set()
+    while time.monotonic() < deadline and not (read_index(tmp_path) and len(games(workers)) == 2):
+        time.sleep(0.05)  # episodes are being written, both workers have a game running
+        workers = children(proc.pid)
+    assert len(games(workers)) == 2 and read_index(tmp_path)
+    proc.send_signal(getattr(signal, sig))
+    assert proc.wait(timeout=30) != 0
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(Path(f"/proc/{w}").exists() for w in workers):
+        time.sleep(0.05)
+    assert not [w for w in workers if Path(f"/proc/{w}").exists()]
+    assert len(read_index(tmp_path)) < 40
+
+
 def test_the_engine_knows_no_game() -> None:
     """Nothing in engine/ imports the Doom game (world/), evaluation (eval/) or the app."""
     import ast
