@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 # The variants trained side by side (shared: copy prior from the teacher's trunk, window 8,
 # 30 % of targets at sigma 1, action-change frames weighted 3x, context written at 0.1).
-VARIANTS: dict[str, dict[str, float | int | str]] = {
+VARIANTS: dict[str, dict[str, float | int | str | bool]] = {
     # the CPU recipe of docs/training.md, at GPU scale
     "a": {"context_sigma_max": 0.4, "self_prob": 0.5, "self_frames": 4},
     # GameNGen's wide context-noise augmentation
@@ -46,6 +46,10 @@ VARIANTS: dict[str, dict[str, float | int | str]] = {
     # a 1-step generator that samples: the per-value energy score (CRPS) of two samples, every target at sigma 1
     # (docs/training.md: on the CPU it made noise instead of blur; this asks whether 15x the samples sharpen it)
     "d": {"context_sigma_max": 0.4, "loss": "crps", "target_one": 1.0},
+    # the copy of the predecessor's posterior mean (no fade) with what it lacked on the CPU (docs/training.md):
+    # self forcing over the window in every clip (a restoring force) and the critic on the frames it makes
+    "e": {"context_sigma_max": 0.4, "copy_denoised": True, "self_prob": 1.0, "self_frames": 7, "loss": "l1",
+          "adv": 1.0, "critic_lr": 1e-3, "critic_steps": 3, "target_one": 0.5},
 }
 MAPS = tuple(f"MAP{i:02d}" for i in (*range(1, 9), *range(11, 33)))  # MAP09/10 stay unseen
 PART = 15 * 2**20  # the tool brings back files of at most 16 MiB
@@ -191,7 +195,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--checkpoint-every", type=int, default=1000)
-    p.add_argument("--variants", default="a,d")
+    p.add_argument("--variants", default="a,e")
     p.add_argument("--init", type=Path, default=ROOT / "carry" / "init")
     p.add_argument("--carry", type=Path, default=ROOT / "carry")
     p.add_argument("--work", type=Path, default=Path("/tmp/ws"))
