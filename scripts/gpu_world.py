@@ -101,11 +101,11 @@ def encode(data: Path, init: Path, device: str) -> dict[str, int]:
     """Encode every collected episode with the --init checkpoint's tokenizer (4 loader threads)."""
     import torch
 
-    from engine.tokenizer import WEIGHTS, TokenizerDecoder, load_tokenizer
-    from train.data import encode_episodes, episodes, file_sha
+    from engine.tokenizer import WEIGHTS, load_tokenizer
+    from train.data import encode_episodes, episodes, file_sha, latent_encoder
 
     tokenizer, _ = load_tokenizer(init)
-    encoder = TokenizerDecoder(tokenizer, device=torch.device(device), dtype=torch.bfloat16)
+    encoder, tag = latent_encoder(tokenizer, torch.device(device))  # the cache the training will read
     rows = episodes(data)
     sha = file_sha(init / WEIGHTS)
     chunks = [rows[i::4] for i in range(4)]
@@ -114,7 +114,7 @@ def encode(data: Path, init: Path, device: str) -> dict[str, int]:
         return encoder.encode(x.to(device))
 
     with ThreadPoolExecutor(4) as pool:
-        parts = pool.map(lambda c: encode_episodes(data, c, enc, sha, batch=256, progress=False), chunks)
+        parts = pool.map(lambda c: encode_episodes(data, c, enc, sha, batch=256, progress=False, tag=tag), chunks)
         eps = [e for part in parts for e in part]
     return {"episodes": len(eps), "frames": sum(len(e.latents) for e in eps)}
 

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from engine.precision import native_bf16
 from engine.tokenizer import WEIGHTS as TOK_WEIGHTS
-from engine.tokenizer import TokenizerDecoder, load_tokenizer
+from engine.tokenizer import Tokenizer, TokenizerDecoder, load_tokenizer
 from world.shards import load_shard, read_index
 
 
@@ -103,16 +103,21 @@ class ClipBank:
         return len(self.lengths)
 
 
+def latent_encoder(tokenizer: Tokenizer, device: torch.device) -> tuple[TokenizerDecoder, str]:
+    """(encoder, cache tag for ``encode_episodes``) on ``device``: bf16 where the hardware has it
+    (the format of every earlier cache, tag ""); fp32 elsewhere, in a cache of its own ("-fp32"):
+    emulated bf16 encoded at 250 s an episode on a 2-core AVX2 EPYC, against 17 s natively."""
+    native = native_bf16(str(device))
+    encoder = TokenizerDecoder(tokenizer, device=device, dtype=torch.bfloat16 if native else torch.float32)
+    return encoder, "" if native else "-fp32"
+
+
 def load_latent_data(data: str, tok_dir: Path, held_out: int, device: torch.device,
                      progress: bool = True) -> tuple[list[LatentEpisode], list[LatentEpisode], dict[str, Any]]:
     """(train episodes, held-out episodes, metadata) of ``data`` as latents of the tokenizer in
     ``tok_dir`` (encoded once, then read from the cache next to the shards)."""
     tokenizer, tok_meta = load_tokenizer(tok_dir)
-    # bf16 where the hardware has it (the format of every earlier cache); fp32 elsewhere, in a cache of
-    # its own: emulated bf16 encoded at 250 s an episode on a 2-core AVX2 EPYC, against 17 s natively
-    native = native_bf16(str(device))
-    encoder = TokenizerDecoder(tokenizer, device=device, dtype=torch.bfloat16 if native else torch.float32)
-    tag = "" if native else "-fp32"
+    encoder, tag = latent_encoder(tokenizer, device)
     train_rows, eval_rows = split(episodes(data), held_out)
     sha = file_sha(tok_dir / TOK_WEIGHTS)
     train_eps = encode_episodes(data, train_rows, encoder.encode, sha, progress=progress, tag=tag)
