@@ -210,6 +210,12 @@ def _train_parsers(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--copy-denoised", action="store_true",
                    help="copy prior: copy the predecessor's posterior mean, not the noisy context (a rollout of copies "
                         "keeps its contrast instead of fading by the context level every frame)")
+    w.add_argument("--copy-shift", type=_copy_shift, default=(), metavar="auto|D,D,...",
+                   help="copy prior: pan the predecessor by the action, a whole number of latent cells per button "
+                        "(one per action, comma-separated) or 'auto' (measured from the training latents); "
+                        "default: no pan")
+    w.add_argument("--copy-shift-rows", type=int, default=0,
+                   help="copy prior: pan only the top N latent rows (default 0: all; 'auto' measures it)")
     w.add_argument("--window", type=int, default=0, help="frames attended besides sinks (default: the preset's)")
     w.add_argument("--target-one", type=float, default=0.0,
                    help="share of targets at sigma 1, where a 1-step sampler starts (default 0)")
@@ -543,8 +549,22 @@ def _make_suite(args: argparse.Namespace) -> int:
     return 0
 
 
+def _copy_shift(text: str) -> tuple[int, ...] | str:
+    """--copy-shift: 'auto', 'none' or comma-separated whole cells, one per action button."""
+    if text in ("auto", "none"):
+        return text if text == "auto" else ()
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected 'auto', 'none' or integers like 0,0,0,0,1,-1,0,0; got {text!r}") from None
+
+
 def _train(args: argparse.Namespace) -> int:
     fields = {k: v for k, v in _fields(args).items() if k != "what"}
+    if args.what == "world":
+        fields["copy_shift_auto"] = fields["copy_shift"] == "auto"
+        fields["copy_shift"] = () if fields["copy_shift_auto"] else fields["copy_shift"]
     if args.what == "tokenizer":
         from train.tokenizer import TokenizerArgs, train_tokenizer
 

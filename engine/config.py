@@ -39,6 +39,11 @@ class ModelConfig:
     copy_prior: bool = False
     copy_tau: float = 0.5  # prior std of a frame's change from its predecessor (latent units)
     copy_denoised: bool = False  # copy the predecessor's posterior mean g(c) prev, not the noisy context (no fade)
+    # copy prior: the predecessor moved right by this many latent cells per pressed button (summed; one
+    # entry per action, () = none) in the top ``copy_shift_rows`` rows (0 = all): turning pans the view
+    copy_shift: tuple[int, ...] = ()
+    copy_shift_rows: int = 0
+    copy_residual: float = 1.0  # copy prior, inference knob: x0 = base + this * scale F (0: the copy alone)
     latent_clip: float = 0.0  # > 0: generated latents are clamped to [-clip, clip] (the tokenizer's range)
 
     def __post_init__(self) -> None:
@@ -61,6 +66,17 @@ class ModelConfig:
             raise ConfigError(f"model.latent_clip must be >= 0 (0 = off), got {self.latent_clip}")
         if self.copy_tau <= 0:
             raise ConfigError(f"model.copy_tau must be > 0, got {self.copy_tau}")
+        if self.copy_shift and len(self.copy_shift) != self.num_actions:
+            raise ConfigError(f"model.copy_shift needs one entry per action ({self.num_actions}), "
+                              f"got {len(self.copy_shift)}")
+        if any(abs(d) >= self.latent_width for d in self.copy_shift):
+            raise ConfigError(f"model.copy_shift entries must be < latent_width ({self.latent_width}) in size")
+        if not 0 <= self.copy_shift_rows <= self.latent_height:
+            raise ConfigError(f"model.copy_shift_rows must be in [0, {self.latent_height}], got {self.copy_shift_rows}")
+        if not 0 <= self.copy_residual <= 1:
+            raise ConfigError(f"model.copy_residual must be in [0, 1], got {self.copy_residual}")
+        if self.copy_shift and not self.copy_prior:
+            raise ConfigError("model.copy_shift applies to copy_prior models")
 
     @property
     def head_dim(self) -> int:

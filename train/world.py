@@ -54,6 +54,7 @@ from train.world_losses import (
     sharpness,
     squared_error,
 )
+from train.world_pan import measure_pan
 from train.world_setup import init_from, teacher_config
 
 LOSSES = ("l2", "l1", "energy", "crps")
@@ -84,6 +85,11 @@ class WorldArgs:
     copy_prior: bool = False  # predecessor as input + copy-last preconditioning (see module doc)
     copy_tau: float = 0.5
     copy_denoised: bool = False  # copy prior: copy the predecessor's posterior mean (engine/model/copy_prior.py)
+    # copy prior: pan the predecessor by the action (model.copy_shift, one whole-cell shift per button) in the
+    # top copy_shift_rows rows; copy_shift_auto measures both from the training latents (train/world_pan.py)
+    copy_shift: tuple[int, ...] = ()
+    copy_shift_rows: int = 0
+    copy_shift_auto: bool = False
     window: int = 0  # frames attended besides sinks; 0 = the preset's
     target_one: float = 0.0  # share of targets at sigma = 1 exactly
     self_prob: float = 0.0  # share of clips whose last history frames are the model's own 1-step samples
@@ -114,6 +120,10 @@ class WorldArgs:
             raise ValueError("--target-one must be in [0, 1]")
         if self.copy_denoised and not self.copy_prior:
             raise ValueError("--copy-denoised applies to --copy-prior models")
+        if (self.copy_shift or self.copy_shift_auto) and not self.copy_prior:
+            raise ValueError("--copy-shift applies to --copy-prior models")
+        if self.copy_shift and self.copy_shift_auto:
+            raise ValueError("--copy-shift: give the shifts or 'auto', not both")
         if self.window < 0 or self.copy_tau <= 0:
             raise ValueError("need --window >= 0 and --copy-tau > 0")
         if self.loss not in LOSSES:
@@ -342,12 +352,13 @@ class WorldTask:
         was_training = model.training
         model.eval()
         for j in range(f - 1 - k, f - 1):
-            sig = sigma[sub].clone()
+            sig = sigma[sub, :j + 1].clone()  # frames after j are never seen by j (causal): left out
             sig[:, j] = 1.0
-            tgt = torch.zeros_like(target[sub])
+            tgt = torch.zeros_like(target[sub, :j + 1])
             tgt[:, j] = True
             preds: list[torch.Tensor] = []
-            self.flow_loss(model, x0[sub], actions[sub], index[sub], before[sub], sig, tgt, g, x0_out=preds)
+            self.flow_loss(model, x0[sub, :j + 1], actions[sub, :j + 1], index[sub, :j + 1], before[sub], sig, tgt,
+                           g, x0_out=preds)
             x0[sub, j] = preds[0][:, j].to(x0.dtype)
         model.train(was_training)
         return x0, sigma, target
@@ -403,6 +414,12 @@ def train_world(args: WorldArgs, progress: bool = True) -> dict[str, float]:
                          f" latents; preset {args.preset} needs {config.model.latent_channels}x"
                          f"{config.model.latent_height}x{config.model.latent_width}")
     train_eps, eval_eps, data_meta = load_latent_data(args.data, tok_dir, args.held_out, device, progress)
+    if args.copy_shift_auto:
+        shift, rows, errors = measure_pan(train_eps)
+        print(f"copy shift (measured): {list(shift)} in the top {rows or config.model.latent_height} rows")
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, copy_shift=shift,
+                                                                       copy_shift_rows=rows))
+        data_meta["copy_shift_errors"] = errors
     torch.manual_seed(args.seed)
     model = DiT(config.model)
     model.init_weights(torch.Generator().manual_seed(args.seed), adaln_zero=True)

@@ -20,6 +20,11 @@ frame of a rollout is shrunk by (1 - c) (a 10 % fade per frame at c = 0.1, to a 
 field within a second) unless the network learns to undo it exactly. With ``denoised`` the copy
 starts from the predecessor's posterior mean instead, g(c) prev with g(c) = (1 - c) / ((1 - c)^2 + c^2)
 (latents of unit variance), whose per-frame gain is ~1 by construction (``clean_gain``).
+
+Panning (``pan``): where an action moves the whole view sideways (turning), the copy is the
+predecessor moved by a whole number of latent cells per pressed button, in the rows that move
+with the view (the rest, e.g. a status bar, stays). A permutation of the predecessor's values:
+no blur, and a rollout of copies pans at the right speed with no network at all.
 """
 
 from __future__ import annotations
@@ -51,6 +56,20 @@ def clean_gain(prev_sigma: torch.Tensor) -> torch.Tensor:
     x ~ N(0, 1); 1 at c = 0, 0 at c = 1 (no predecessor), (B, F)."""
     a = 1 - prev_sigma.float()
     return a / (a**2 + prev_sigma.float() ** 2)
+
+
+def pan(prev: torch.Tensor, action: torch.Tensor, shift: tuple[int, ...], rows: int) -> torch.Tensor:
+    """``prev`` (B, F, C, h, w) moved right by round(action . shift) cells (B, F) in its top
+    ``rows`` rows (0: all), the edge column repeated into the space uncovered. No host sync."""
+    if not shift:
+        return prev
+    w = prev.shape[-1]
+    rows = rows or prev.shape[-2]
+    dx = torch.round(action.float() @ torch.tensor(shift, dtype=torch.float32, device=action.device)).long()
+    src = (torch.arange(w, device=prev.device) - dx[..., None]).clamp(0, w - 1)  # (B, F, w)
+    top = prev[..., :rows, :]
+    moved = torch.gather(top, -1, src[:, :, None, None, :].expand(top.shape))
+    return torch.cat([moved, prev[..., rows:, :]], dim=-2)
 
 
 def copy_x0(x: torch.Tensor, prev: torch.Tensor, sigma: torch.Tensor, out: torch.Tensor,

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from engine.config import ModelConfig
-from engine.model.copy_prior import copy_x0, velocity
+from engine.model.copy_prior import copy_x0, pan, velocity
 from engine.model.layers import Linear, RMSNorm, Rope3D, SigmaEmbedder, modulate, patchify, unpatchify
 from engine.preempt import preempt_point
 from kernels.attention import AttentionBackend, SDPAAttention
@@ -92,7 +92,8 @@ class DiT(nn.Module):
     to context, at noise level ``prev_sigma``): it is added to the frame's tokens through its
     own patch embedding, its level to the frame's conditioning, and the output is
     preconditioned around it (engine/model/copy_prior.py). A frame with no predecessor (a
-    rollout's first) gets ``prev`` = 0 at level 1.
+    rollout's first) gets ``prev`` = 0 at level 1. With ``cfg.copy_shift`` the predecessor is
+    first panned by the frame's action (``copy_prior.pan``).
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -138,6 +139,7 @@ class DiT(nn.Module):
                 prev, prev_sigma = torch.zeros_like(x), torch.ones_like(sigma)
             if prev_sigma is None:
                 raise ValueError("prev needs prev_sigma (its noise level, (B, F))")
+            prev = pan(prev, action, cfg.copy_shift, cfg.copy_shift_rows)  # turning moves the view
             tokens = tokens + self.prev_in(patchify(prev.to(dtype), cfg.patch_size))
             cond = cond + self.prev_sigma_embed(prev_sigma)
         cos_q, sin_q, cos_k, sin_k = self.rope.tables(ctx.frame_index)
@@ -152,6 +154,8 @@ class DiT(nn.Module):
         if not cfg.copy_prior:
             return out
         assert prev is not None
+        if cfg.copy_residual != 1:
+            out = out * cfg.copy_residual
         x0 = copy_x0(x.float(), prev.float(), sigma, out, cfg.copy_tau, prev_sigma if cfg.copy_denoised else None)
         return velocity(x.float(), x0, sigma)
 
