@@ -137,6 +137,8 @@ def run_collect(args: CollectArgs) -> dict[str, Any]:
             new_frames += row["frames"]
             bar.update(1)
             bar.set_postfix(fps=f"{new_frames / (time.perf_counter() - start):.0f}")
+        pool.close()  # every episode done: the workers exit on their own, not by SIGTERM (whose
+        pool.join()  # SystemExit in an idle worker printed "Exception ignored in atexit callback")
     bar.close()
     wall = time.perf_counter() - start
     stats = summarize(folder, done)

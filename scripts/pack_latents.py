@@ -29,7 +29,14 @@ def pack(data: Path, sha12: str, episodes: list[int], frames: int, out: Path) ->
     arrays: dict[str, np.ndarray] = {}
     kept = []
     for ep in episodes:
-        t = load_file(str(data / "latents" / sha12 / f"ep{ep:06d}.safetensors"))
+        # the bf16 cache, or the fp32 one a CPU without native bf16 encodes into (train/data.py latent_encoder):
+        # the same tokenizer's latents either way, and 8-bit packing is coarser than their difference
+        name = f"ep{ep:06d}.safetensors"
+        caches = (data / "latents" / sha12, data / "latents" / f"{sha12}-fp32")
+        found = [d / name for d in caches if (d / name).is_file()]
+        if not found:
+            raise FileNotFoundError(f"{data}/latents/{sha12}[-fp32]/{name}: encode the data first (`train world`)")
+        t = load_file(str(found[0]))
         lat = t["latents"].float()[:frames]  # (T, C, h, w)
         lo = lat.amin(dim=(0, 2, 3), keepdim=True)
         hi = lat.amax(dim=(0, 2, 3), keepdim=True)
@@ -46,10 +53,12 @@ def pack(data: Path, sha12: str, episodes: list[int], frames: int, out: Path) ->
     print(f"{out}: {out.stat().st_size / 2**20:.1f} MiB")
 
 
-def unpack(packed: Path, out: Path) -> None:
+def unpack(packed: Path, out: Path, tag: str = "") -> None:
+    """Into the cache folder <sha12><tag> (train/data.py cache_tag: the one the training on this
+    device reads)."""
     z = np.load(packed)
     doc = json.loads(z["index"].tobytes())
-    cache = out / "latents" / doc["sha12"]
+    cache = out / "latents" / (doc["sha12"] + tag)
     cache.mkdir(parents=True, exist_ok=True)
     lines = []
     for row in doc["rows"]:
@@ -77,11 +86,12 @@ def main() -> None:
     b = sub.add_parser("unpack")
     b.add_argument("packed", type=Path)
     b.add_argument("--out", type=Path, required=True)
+    b.add_argument("--tag", default="", choices=["", "-fp32"], help="cache tag (train/data.py cache_tag)")
     args = p.parse_args()
     if args.cmd == "pack":
         pack(args.data, args.tokenizer_sha, [int(x) for x in args.episodes.split(",")], args.frames, args.out)
     else:
-        unpack(args.packed, args.out)
+        unpack(args.packed, args.out, args.tag)
 
 
 if __name__ == "__main__":

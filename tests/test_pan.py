@@ -139,6 +139,8 @@ def test_bad_pan_settings_are_refused(tiny: EngineConfig) -> None:
         WorldArgs(data="-", tokenizer="-", out="-", copy_shift_auto=True)
     with pytest.raises(ValueError, match="not both"):
         WorldArgs(data="-", tokenizer="-", out="-", copy_prior=True, copy_shift=(0,) * 8, copy_shift_auto=True)
+    args = WorldArgs(data="-", tokenizer="-", out="-", copy_prior=True, copy_shift=[0, 0, 0, 0, 1, -1, 0, 0])  # JSON
+    assert args.copy_shift == (0, 0, 0, 0, 1, -1, 0, 0)
     assert _copy_shift("auto") == "auto" and _copy_shift("none") == ()
     assert _copy_shift("0,0,0,0,1,-1,0,0") == (0, 0, 0, 0, 1, -1, 0, 0)
     import argparse

@@ -103,13 +103,19 @@ class ClipBank:
         return len(self.lengths)
 
 
+def cache_tag(device: torch.device) -> str:
+    """The latent cache folder's tag on ``device``: "" (bf16, the format of every earlier cache)
+    where the hardware has native bf16, "-fp32" elsewhere."""
+    return "" if native_bf16(str(device)) else "-fp32"
+
+
 def latent_encoder(tokenizer: Tokenizer, device: torch.device) -> tuple[TokenizerDecoder, str]:
-    """(encoder, cache tag for ``encode_episodes``) on ``device``: bf16 where the hardware has it
-    (the format of every earlier cache, tag ""); fp32 elsewhere, in a cache of its own ("-fp32"):
-    emulated bf16 encoded at 250 s an episode on a 2-core AVX2 EPYC, against 17 s natively."""
-    native = native_bf16(str(device))
-    encoder = TokenizerDecoder(tokenizer, device=device, dtype=torch.bfloat16 if native else torch.float32)
-    return encoder, "" if native else "-fp32"
+    """(encoder, cache tag for ``encode_episodes``) on ``device``: bf16 where the hardware has it;
+    fp32 elsewhere, in a cache of its own: emulated bf16 encoded at 250 s an episode on a 2-core
+    AVX2 EPYC, against 17 s natively."""
+    tag = cache_tag(device)
+    encoder = TokenizerDecoder(tokenizer, device=device, dtype=torch.float32 if tag else torch.bfloat16)
+    return encoder, tag
 
 
 def load_latent_data(data: str, tok_dir: Path, held_out: int, device: torch.device,

@@ -120,6 +120,7 @@ class WorldArgs:
             raise ValueError("--target-one must be in [0, 1]")
         if self.copy_denoised and not self.copy_prior:
             raise ValueError("--copy-denoised applies to --copy-prior models")
+        object.__setattr__(self, "copy_shift", tuple(int(d) for d in self.copy_shift))  # a JSON list is welcome too
         if (self.copy_shift or self.copy_shift_auto) and not self.copy_prior:
             raise ValueError("--copy-shift applies to --copy-prior models")
         if self.copy_shift and self.copy_shift_auto:
