@@ -51,13 +51,13 @@ def test_pan_moves_the_top_rows_by_the_action() -> None:
     action[0, 2, [LEFT, RIGHT]] = 1  # cancel
     action[1, 0, [LEFT, 0]] = 1  # forward has no shift: +1
     action[1, 1, LEFT] = 2  # a value of 2 counts twice
-    shift = (0, 0, 0, 0, 1, -1, 0, 0)
+    shift = torch.tensor([0.0, 0, 0, 0, 1, -1, 0, 0])
     out = pan(z, action, shift, 3)
     for b, f, dx in [(0, 0, 1), (0, 1, -1), (0, 2, 0), (1, 0, 1), (1, 1, 2), (1, 2, 0)]:
         assert torch.equal(out[b, f], _reference(z[b, f], dx, 3)), (b, f, dx)
     assert torch.equal(out[..., 3:, :], z[..., 3:, :])
     assert torch.equal(pan(z, action, shift, 0)[0, 0], _reference(z[0, 0], 1, 5))  # 0 rows: all
-    assert pan(z, action, (), 3) is z
+    assert pan(z, action, None, 3) is z
 
 
 def test_untrained_pan_model_holds_a_turn_as_a_pan(tiny: EngineConfig) -> None:

@@ -58,14 +58,15 @@ def clean_gain(prev_sigma: torch.Tensor) -> torch.Tensor:
     return a / (a**2 + prev_sigma.float() ** 2)
 
 
-def pan(prev: torch.Tensor, action: torch.Tensor, shift: tuple[int, ...], rows: int) -> torch.Tensor:
+def pan(prev: torch.Tensor, action: torch.Tensor, shift: torch.Tensor | None, rows: int) -> torch.Tensor:
     """``prev`` (B, F, C, h, w) moved right by round(action . shift) cells (B, F) in its top
-    ``rows`` rows (0: all), the edge column repeated into the space uncovered. No host sync."""
-    if not shift:
+    ``rows`` rows (0: all), the edge column repeated into the space uncovered. ``shift``: (A,) on
+    the model's device (a buffer, so no host copy per step); None: no pan. No host sync."""
+    if shift is None:
         return prev
     w = prev.shape[-1]
     rows = rows or prev.shape[-2]
-    dx = torch.round(action.float() @ torch.tensor(shift, dtype=torch.float32, device=action.device)).long()
+    dx = torch.round(action.float() @ shift.float()).long()
     src = (torch.arange(w, device=prev.device) - dx[..., None]).clamp(0, w - 1)  # (B, F, w)
     top = prev[..., :rows, :]
     moved = torch.gather(top, -1, src[:, :, None, None, :].expand(top.shape))

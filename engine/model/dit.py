@@ -111,6 +111,9 @@ class DiT(nn.Module):
         self.patch_out = Linear(cfg.dim, cfg.patch_dim)
         self.rope = Rope3D(cfg.head_dim, cfg.grid, cfg.rope_theta, cfg.sink_frames)
         self.backend: AttentionBackend = SDPAAttention()
+        # copy_prior.pan's per-action shift: a buffer, so it moves with the model (None: no pan)
+        self.register_buffer("shift", torch.tensor(cfg.copy_shift, dtype=torch.float32) if cfg.copy_shift else None,
+                             persistent=False)
 
     def init_weights(self, generator: torch.Generator | None = None, std: float = 0.02,
                      adaln_zero: bool = False) -> None:
@@ -139,7 +142,7 @@ class DiT(nn.Module):
                 prev, prev_sigma = torch.zeros_like(x), torch.ones_like(sigma)
             if prev_sigma is None:
                 raise ValueError("prev needs prev_sigma (its noise level, (B, F))")
-            prev = pan(prev, action, cfg.copy_shift, cfg.copy_shift_rows)  # turning moves the view
+            prev = pan(prev, action, self.shift, cfg.copy_shift_rows)  # turning moves the view
             tokens = tokens + self.prev_in(patchify(prev.to(dtype), cfg.patch_size))
             cond = cond + self.prev_sigma_embed(prev_sigma)
         cos_q, sin_q, cos_k, sin_k = self.rope.tables(ctx.frame_index)
