@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import torch
 
+from engine.model.copy_prior import pan
 from train.data import LatentEpisode
 
 
 def _shift(z: torch.Tensor, dx: int) -> torch.Tensor:
-    w = z.shape[-1]
-    return z[..., (torch.arange(w) - dx).clamp(0, w - 1)]
+    """(N, C, h, w) latents moved right by dx cells, all rows, by the engine's own ``pan`` (so the
+    measured sign and edge handling are the ones the model will use)."""
+    return pan(z[None], torch.ones(1, len(z), 1), torch.tensor([float(dx)]), 0)[0]
 
 
 def measure_pan(episodes: list[LatentEpisode], max_shift: int = 3, min_gain: float = 0.05,
