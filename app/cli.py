@@ -229,6 +229,9 @@ def _train_parsers(sub: argparse._SubParsersAction) -> None:
                         "of two samples per frame (energy) or per latent value (crps): a generator that samples")
     w.add_argument("--gdl", type=float, default=0.0,
                    help="copy prior: weight of a gradient-difference loss that makes blur cost (default 0)")
+    w.add_argument("--stats", type=float, default=0.0,
+                   help="copy prior: weight of a loss on each predicted frame's per-channel mean, spread and "
+                        "neighbour differences against the truth's: fading costs wherever the content is (default 0)")
     w.add_argument("--adv", type=float, default=0.0,
                    help="adversarial term: a patch critic on latent frames judges the 1-step predictions; its "
                         "gradient at the output layer is this times the reconstruction's (needs --target-one > 0; "

@@ -156,7 +156,8 @@ def test_finetune_from_a_plain_checkpoint_starts_at_copy_last(tiny: EngineConfig
     torch.testing.assert_close(x - v, prev, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("loss", [{}, {"loss": "l1", "gdl": 1.0}], ids=["l2", "l1+gdl"])
+@pytest.mark.parametrize("loss", [{}, {"loss": "l1", "gdl": 1.0}, {"loss": "l1", "stats": 1.0}],
+                         ids=["l2", "l1+gdl", "l1+stats"])
 def test_copy_prior_training_lowers_the_loss(tiny: EngineConfig, loss: dict) -> None:
     config = _copy(tiny)
     task = WorldTask(WorldArgs(data="-", tokenizer="-", out="-", frames=6, copy_prior=True, target_one=0.3, **loss),

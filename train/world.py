@@ -53,6 +53,7 @@ from train.world_losses import (
     marginal_crps,
     sharpness,
     squared_error,
+    statistics_difference,
 )
 from train.world_pan import measure_pan
 from train.world_setup import init_from, teacher_config
@@ -101,6 +102,9 @@ class WorldArgs:
     # (the same score per latent value)
     loss: str = "l2"
     gdl: float = 0.0  # copy prior: weight of the gradient-difference loss (Mathieu et al. 2016): blur costs
+    # copy prior: weight of the frame-statistics loss (train/world_losses.py): each channel's mean, spread and
+    # neighbour differences against the truth's, wherever the content is; a faded frame pays for fading
+    stats: float = 0.0
     # the adversarial term on 1-step frames (train/world_critic.py), relative to the reconstruction's pull at the
     # output layer (adaptive_weight); 0 = no critic
     adv: float = 0.0
@@ -129,10 +133,10 @@ class WorldArgs:
             raise ValueError("need --window >= 0 and --copy-tau > 0")
         if self.loss not in LOSSES:
             raise ValueError(f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
-        if self.gdl < 0:
-            raise ValueError("--gdl must be >= 0")
-        if (self.loss != "l2" or self.gdl > 0) and not self.copy_prior:
-            raise ValueError("--loss l1/energy/crps and --gdl apply to --copy-prior models")
+        if self.gdl < 0 or self.stats < 0:
+            raise ValueError("--gdl and --stats must be >= 0")
+        if (self.loss != "l2" or self.gdl > 0 or self.stats > 0) and not self.copy_prior:
+            raise ValueError("--loss l1/energy/crps, --gdl and --stats apply to --copy-prior models")
         if self.adv < 0 or self.critic_lr <= 0 or self.critic_steps < 1:
             raise ValueError("need --adv >= 0, --critic-lr > 0 and --critic-steps >= 1")
         if self.adv > 0 and self.target_one == 0:
@@ -286,6 +290,8 @@ class WorldTask:
                 x0_out += [x0_hat, prev]
             if self.args.gdl > 0:
                 err = err + self.args.gdl * gradient_difference(x0_hat, x0)
+            if self.args.stats > 0:
+                err = err + self.args.stats * statistics_difference(x0_hat, x0)
         else:
             v = model(xt, sigma, actions, ctx).float()  # (B, F, C, h, w)
             if x0_out is not None:

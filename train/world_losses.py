@@ -5,6 +5,10 @@ All take (B, F, C, h, w) tensors, already in the units the loss is measured in, 
 - squared / absolute error: the posterior mean / median. Both blur wherever the future is
   uncertain, and a blurred frame fed back as history is blurrier still (docs/training.md).
 - gradient difference (Mathieu et al. 2016): blur costs, but the optimum is still one frame.
+- statistics difference: each channel's mean, spread and neighbour-difference size over the whole
+  frame, against the truth's. It does not care *where* a value is, so motion uncertainty does not
+  make the blur its optimum: a faded frame (small spread and differences) pays wherever its
+  content is, and a frame that keeps the truth's texture anywhere does not.
 - energy score (Gneiting & Raftery 2007; "engression", Shen & Meinshausen 2023): a strictly proper
   scoring rule of the whole *distribution*. Two predictions made from independent noise for the
   same history are scored together, E||X - x|| - 1/2 E||X - X'||: the first term pulls samples to
@@ -36,6 +40,19 @@ def gradient_difference(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
     prediction has smaller differences than the truth and pays for it."""
     (hp, vp), (ht, vt) = _neighbour_differences(pred), _neighbour_differences(true)
     return absolute_error(hp - ht) + absolute_error(vp - vt)
+
+
+def frame_statistics(x: torch.Tensor) -> torch.Tensor:
+    """(B, F, C, h, w) -> (B, F, C, 4): each channel's spatial mean, standard deviation and mean
+    |horizontal| and |vertical| neighbour difference."""
+    horizontal, vertical = _neighbour_differences(x)
+    return torch.stack([x.mean(dim=(3, 4)), (x.var(dim=(3, 4), unbiased=False) + 1e-8).sqrt(),
+                        horizontal.mean(dim=(3, 4)), vertical.mean(dim=(3, 4))], dim=-1)
+
+
+def statistics_difference(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
+    """Mean |frame_statistics(pred) - frame_statistics(true)| over channels and statistics, (B, F)."""
+    return (frame_statistics(pred) - frame_statistics(true)).abs().mean(dim=(2, 3))
 
 
 def _rms(x: torch.Tensor) -> torch.Tensor:
