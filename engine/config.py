@@ -45,6 +45,9 @@ class ModelConfig:
     copy_shift_rows: int = 0
     copy_residual: float = 1.0  # copy prior, inference knob: x0 = base + this * scale F (0: the copy alone)
     latent_clip: float = 0.0  # > 0: generated latents are clamped to [-clip, clip] (the tokenizer's range)
+    # inference: each generated frame's per-channel mean, spread and detail pulled this fraction of
+    # the way back to the rollout's true context's (engine/anchor.py; 0 = off): a restoring force
+    stats_anchor: float = 0.0
 
     def __post_init__(self) -> None:
         positive = ("latent_channels", "latent_height", "latent_width", "patch_size", "dim",
@@ -73,6 +76,8 @@ class ModelConfig:
             raise ConfigError(f"model.copy_shift entries must be < latent_width ({self.latent_width}) in size")
         if not 0 <= self.copy_shift_rows <= self.latent_height:
             raise ConfigError(f"model.copy_shift_rows must be in [0, {self.latent_height}], got {self.copy_shift_rows}")
+        if not 0 <= self.stats_anchor <= 1:
+            raise ConfigError(f"model.stats_anchor must be in [0, 1], got {self.stats_anchor}")
         if not 0 <= self.copy_residual <= 1:
             raise ConfigError(f"model.copy_residual must be in [0, 1], got {self.copy_residual}")
         if self.copy_shift and not self.copy_prior:

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from engine import anchor
 from engine.action import NOOP, Action, actions_to_tensor
 from engine.checkpoint import load_config, load_weights
 from engine.config import EngineConfig, SamplerConfig, get_preset
@@ -60,6 +61,7 @@ class _Mark:
     history: list[_Context]
     generator: torch.Tensor
     length: int  # committed cache frames
+    anchor: torch.Tensor | None
 
 
 class Engine:
@@ -86,6 +88,7 @@ class Engine:
         self._history: list[_Context] = []  # recompute mode: sinks + window
         self._last: _Context | None = None  # the newest finished frame (the next one's predecessor)
         self._drafts: list[tuple[_Mark, Frame]] = []  # frames generated ahead, oldest first
+        self._anchor: torch.Tensor | None = None  # (1, C, 3) statistics of the true context (engine/anchor.py)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -148,6 +151,7 @@ class Engine:
         self.runner.cache.reset(self.slot)
         self._pending, self._history, self._last, self._t = None, [], None, -1
         self._drafts = []
+        self._anchor = None  # set from the context, or from x_0 when it is generated
         if context is None:
             return self.step(NOOP)
         if context.ndim != 4 or context.shape[0] < 1 or tuple(context.shape[1:]) != self._latent_shape[1:]:
@@ -158,6 +162,7 @@ class Engine:
         if len(acts) != k:
             raise ValueError(f"{k} context frames need {k - 1} actions (a_1..a_{k - 1}), got {len(acts) - 1}")
         latents = context.to(self.device, torch.float32)
+        self._anchor = anchor.reference(latents)
         for i in range(k):
             if self._pending is not None:
                 self._commit_pending()
@@ -192,7 +197,7 @@ class Engine:
         self.runner.cache.fork(self.slot, slot)
         other._generator.set_state(self._generator.get_state())
         other._t, other._pending, other._history = self._t, self._pending, list(self._history)
-        other._last = self._last
+        other._last, other._anchor = self._last, self._anchor
         return other
 
     # ------------------------------------------------------------------ speculative frames
@@ -231,13 +236,14 @@ class Engine:
 
     def _mark(self) -> _Mark:
         return _Mark(self._t, self._pending, self._last, list(self._history), self._generator.get_state(),
-                     self.runner.cache.length(self.slot))
+                     self.runner.cache.length(self.slot), self._anchor)
 
     def _restore(self, mark: _Mark, keep_drafts: bool = False) -> None:
         """Back to ``mark``: its drafts are dropped (a rejection), or kept when the mark was
         taken after them (an abandoned step: ``Preempted``)."""
         self.runner.cache.rollback(self.slot, self.runner.cache.length(self.slot) - mark.length)
         self._t, self._pending, self._last, self._history = mark.t, mark.pending, mark.last, mark.history
+        self._anchor = mark.anchor
         self._generator.set_state(mark.generator)
         if not keep_drafts:
             self._drafts = []
@@ -405,6 +411,14 @@ def _generate_latents(engines: Sequence[Engine], actions: Sequence[Action]) -> t
     clip = first.config.model.latent_clip
     if clip > 0:  # a rollout must stay where the tokenizer's latents live, or it feeds on its own blow-up
         x0 = x0.clamp(-clip, clip)
+    strength = first.config.model.stats_anchor
+    if strength > 0:  # pull each frame's look back to its rollout's true context (x_0 anchors itself)
+        pulled = []
+        for i, e in enumerate(engines):  # per rollout: batch-invariant, and a few hundred values each
+            if e._anchor is None:
+                e._anchor = anchor.reference(x0[i : i + 1])
+            pulled.append(anchor.pull(x0[i : i + 1], e._anchor, strength))
+        x0 = _same(pulled)
     for i, (e, t) in enumerate(zip(engines, ts, strict=True)):
         e._finish(t, x0[i : i + 1], a[i : i + 1])
     return compiled, x0

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from engine import anchor
 from engine.cache import FullContext
 from engine.checkpoint import save_checkpoint
 from engine.config import EngineConfig
@@ -105,6 +106,9 @@ class WorldArgs:
     # copy prior: weight of the frame-statistics loss (train/world_losses.py): each channel's mean, spread and
     # neighbour differences against the truth's, wherever the content is; a faded frame pays for fading
     stats: float = 0.0
+    # the engine's statistics anchor (engine/anchor.py, model.stats_anchor), written into the config and applied to
+    # the self-forced history frames as a rollout applies it: the model learns to continue from anchored frames
+    anchor: float = 0.0
     # the adversarial term on 1-step frames (train/world_critic.py), relative to the reconstruction's pull at the
     # output layer (adaptive_weight); 0 = no critic
     adv: float = 0.0
@@ -133,6 +137,8 @@ class WorldArgs:
             raise ValueError("need --window >= 0 and --copy-tau > 0")
         if self.loss not in LOSSES:
             raise ValueError(f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if not 0 <= self.anchor <= 1:
+            raise ValueError("--anchor must be in [0, 1]")
         if self.gdl < 0 or self.stats < 0:
             raise ValueError("--gdl and --stats must be >= 0")
         if (self.loss != "l2" or self.gdl > 0 or self.stats > 0) and not self.copy_prior:
@@ -356,6 +362,10 @@ class WorldTask:
         sigma[mine, -1] = torch.where(torch.rand(int(mine.sum()), generator=g) < self.args.target_one, 1.0,
                                       torch.sigmoid(torch.randn(int(mine.sum()), generator=g)))
         sub = mine.nonzero().flatten()
+        refs = None
+        if self.args.anchor > 0:  # each clip's true history frames are its anchor, as a rollout's context is
+            true = x0[sub, : f - 1 - k].float()
+            refs = anchor.statistics(true.flatten(0, 1)).view(len(sub), f - 1 - k, -1, 3).mean(1)
         was_training = model.training
         model.eval()
         for j in range(f - 1 - k, f - 1):
@@ -366,7 +376,10 @@ class WorldTask:
             preds: list[torch.Tensor] = []
             self.flow_loss(model, x0[sub, :j + 1], actions[sub, :j + 1], index[sub, :j + 1], before[sub], sig, tgt,
                            g, x0_out=preds)
-            x0[sub, j] = preds[0][:, j].to(x0.dtype)
+            made = preds[0][:, j]
+            if refs is not None:
+                made = anchor.pull(made.float(), refs.to(made.device), self.args.anchor)
+            x0[sub, j] = made.to(x0.dtype)
         model.train(was_training)
         return x0, sigma, target
 
