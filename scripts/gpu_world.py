@@ -55,6 +55,11 @@ VARIANTS: dict[str, dict[str, float | int | str | bool]] = {
     "f": {"context_sigma_max": 0.4, "copy_denoised": True, "copy_shift": (0, 0, 0, 0, 1, -1, 0, 0),
           "copy_shift_rows": 11, "self_prob": 1.0,
           "self_frames": 7, "loss": "l1", "adv": 1.0, "critic_lr": 1e-3, "critic_steps": 3, "target_one": 0.5},
+    # f with the frame-statistics loss and the statistics anchor on its self-forced frames (the CPU run of
+    # 2026-12-03 in docs/training.md: the anchor is what kept its rollouts from blowing up)
+    "g": {"context_sigma_max": 0.4, "copy_denoised": True, "copy_shift": (0, 0, 0, 0, 1, -1, 0, 0),
+          "copy_shift_rows": 11, "self_prob": 1.0, "self_frames": 7, "loss": "l1", "stats": 2.0, "anchor": 0.3,
+          "adv": 1.0, "critic_lr": 1e-3, "critic_steps": 3, "target_one": 0.5},
 }
 MAPS = tuple(f"MAP{i:02d}" for i in (*range(1, 9), *range(11, 33)))  # MAP09/10 stay unseen
 PART = 15 * 2**20  # the tool brings back files of at most 16 MiB
@@ -205,7 +210,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--checkpoint-every", type=int, default=1000)
-    p.add_argument("--variants", default="e,f")
+    p.add_argument("--variants", default="f,g")
     p.add_argument("--init", type=Path, default=ROOT / "carry" / "init")
     p.add_argument("--carry", type=Path, default=ROOT / "carry")
     p.add_argument("--work", type=Path, default=Path("/tmp/ws"))
