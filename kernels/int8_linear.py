@@ -79,6 +79,8 @@ class Int8Linear(nn.Module):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.rowwise = rowwise
+        # the weights it holds outside parameters() (packed for fbgemm), for a model's parameter count
+        self.packed_params = linear.weight.numel() + (0 if linear.bias is None else linear.bias.numel())
         self.layer = next(_NUMBERS)
         _PACKED[self.layer] = _pack(linear.weight, linear.bias)
         weakref.finalize(self, _PACKED.pop, self.layer, None)

@@ -56,6 +56,7 @@ def test_rowwise_int8_is_batch_invariant() -> None:
 def test_quantize_linears_replaces_the_block_linears_only(tiny: EngineConfig) -> None:
     engine = make_engine(tiny, int8=True)
     model = engine.runner.model
+    assert model.num_params() == make_engine(tiny).runner.model.num_params()  # packed weights still count
     int8 = [name for name, m in model.named_modules() if isinstance(m, Int8Linear)]
     assert len(int8) == 4 * tiny.model.depth
     assert {name.split(".", 2)[2] for name in int8} == {"attn.qkv", "attn.proj", "mlp.0", "mlp.2"}

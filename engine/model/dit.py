@@ -163,4 +163,6 @@ class DiT(nn.Module):
         return velocity(x.float(), x0, sigma)
 
     def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+        """Parameters, counting those an int8 layer holds packed outside ``parameters()``."""
+        packed = sum(getattr(m, "packed_params", 0) for m in self.modules())
+        return sum(p.numel() for p in self.parameters()) + packed
