@@ -365,7 +365,7 @@ class WorldTask:
         refs = None
         if self.args.anchor > 0:  # each clip's true history frames are its anchor, as a rollout's context is
             true = x0[sub, : f - 1 - k].float()
-            refs = anchor.statistics(true.flatten(0, 1)).view(len(sub), f - 1 - k, -1, 3).mean(1)
+            refs = anchor.statistics(true.flatten(0, 1)).view(len(sub), f - 1 - k, -1, 3).mean(1).to(self.device)
         was_training = model.training
         model.eval()
         for j in range(f - 1 - k, f - 1):
@@ -378,7 +378,7 @@ class WorldTask:
                            g, x0_out=preds)
             made = preds[0][:, j]
             if refs is not None:
-                made = anchor.pull(made.float(), refs.to(made.device), self.args.anchor)
+                made = anchor.pull(made.float(), refs, self.args.anchor)
             x0[sub, j] = made.to(x0.dtype)
         model.train(was_training)
         return x0, sigma, target
