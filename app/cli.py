@@ -235,6 +235,10 @@ def _train_parsers(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--anchor", type=float, default=0.0,
                    help="the statistics anchor (model.stats_anchor, 0..1): written into the model's config and "
                         "applied to the self-forced history frames as a rollout applies it (default 0: off)")
+    w.add_argument("--carry", type=float, default=0.0,
+                   help="the detail carry (model.detail_carry, 0..1): each frame's texture is its predecessor's, "
+                        "panned by the action; written into the config and applied to the self-forced history "
+                        "frames as a rollout applies it (default 0: off)")
     w.add_argument("--adv", type=float, default=0.0,
                    help="adversarial term: a patch critic on latent frames judges the 1-step predictions; its "
                         "gradient at the output layer is this times the reconstruction's (needs --target-one > 0; "

@@ -48,6 +48,9 @@ class ModelConfig:
     # inference: each generated frame's per-channel mean, spread and detail pulled this fraction of
     # the way back to the rollout's true context's (engine/anchor.py; 0 = off): a restoring force
     stats_anchor: float = 0.0
+    # inference: this fraction of each generated frame's high-pass part (its texture) replaced by
+    # the previous frame's, panned by the action (engine/carry.py; 0 = off): detail cannot fade
+    detail_carry: float = 0.0
 
     def __post_init__(self) -> None:
         positive = ("latent_channels", "latent_height", "latent_width", "patch_size", "dim",
@@ -78,10 +81,12 @@ class ModelConfig:
             raise ConfigError(f"model.copy_shift_rows must be in [0, {self.latent_height}], got {self.copy_shift_rows}")
         if not 0 <= self.stats_anchor <= 1:
             raise ConfigError(f"model.stats_anchor must be in [0, 1], got {self.stats_anchor}")
+        if not 0 <= self.detail_carry <= 1:
+            raise ConfigError(f"model.detail_carry must be in [0, 1], got {self.detail_carry}")
         if not 0 <= self.copy_residual <= 1:
             raise ConfigError(f"model.copy_residual must be in [0, 1], got {self.copy_residual}")
-        if self.copy_shift and not self.copy_prior:
-            raise ConfigError("model.copy_shift applies to copy_prior models")
+        if self.copy_shift and not (self.copy_prior or self.detail_carry > 0):
+            raise ConfigError("model.copy_shift applies to copy_prior models and to detail_carry")
 
     @property
     def head_dim(self) -> int:

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from engine import anchor
+from engine import anchor, carry
 from engine.action import NOOP, Action, actions_to_tensor
 from engine.checkpoint import load_config, load_weights
 from engine.config import EngineConfig, SamplerConfig, get_preset
@@ -49,6 +49,7 @@ class _Context:
     action: torch.Tensor  # (1, 1, A)
     prev: torch.Tensor  # (1, 1, C, h, w)
     prev_sigma: torch.Tensor  # (1, 1)
+    clean: torch.Tensor  # (1, C, h, w): the frame before the context noise (engine/carry.py reads it)
 
 
 @dataclass(frozen=True)
@@ -257,7 +258,7 @@ class Engine:
             noise = torch.randn(latent.shape, generator=self._generator, device=self.device)
             latent = (1 - c) * latent + c * noise
         prev, prev_sigma = self._predecessor()
-        ctx = _Context(index, latent, action, prev, prev_sigma)
+        ctx = _Context(index, latent, action, prev, prev_sigma, x0)
         self._last = ctx
         if self.recompute:
             m = self.config.model
@@ -419,6 +420,12 @@ def _generate_latents(engines: Sequence[Engine], actions: Sequence[Action]) -> t
                 e._anchor = anchor.reference(x0[i : i + 1])
             pulled.append(anchor.pull(x0[i : i + 1], e._anchor, strength))
         x0 = _same(pulled)
+    m = first.config.model
+    if m.detail_carry > 0:  # texture moves with the view from the previous frame, not re-predicted
+        shift = getattr(first.runner.model, "shift", None)
+        x0 = _same([x0[i : i + 1] if e._last is None  # a rollout's first frame has nothing to carry
+                    else carry.carry(x0[i : i + 1], e._last.clean, a[i], shift, m.copy_shift_rows, m.detail_carry)
+                    for i, e in enumerate(engines)])
     for i, (e, t) in enumerate(zip(engines, ts, strict=True)):
         e._finish(t, x0[i : i + 1], a[i : i + 1])
     return compiled, x0

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine import anchor
+from engine import anchor, carry
 from engine.cache import FullContext
 from engine.checkpoint import save_checkpoint
 from engine.config import EngineConfig
@@ -109,6 +109,9 @@ class WorldArgs:
     # the engine's statistics anchor (engine/anchor.py, model.stats_anchor), written into the config and applied to
     # the self-forced history frames as a rollout applies it: the model learns to continue from anchored frames
     anchor: float = 0.0
+    # the engine's detail carry (engine/carry.py, model.detail_carry), written into the config and applied to the
+    # self-forced history frames as a rollout applies it (after the anchor): texture moves with the view
+    carry: float = 0.0
     # the adversarial term on 1-step frames (train/world_critic.py), relative to the reconstruction's pull at the
     # output layer (adaptive_weight); 0 = no critic
     adv: float = 0.0
@@ -139,6 +142,8 @@ class WorldArgs:
             raise ValueError(f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if not 0 <= self.anchor <= 1:
             raise ValueError("--anchor must be in [0, 1]")
+        if not 0 <= self.carry <= 1:
+            raise ValueError("--carry must be in [0, 1]")
         if self.gdl < 0 or self.stats < 0:
             raise ValueError("--gdl and --stats must be >= 0")
         if (self.loss != "l2" or self.gdl > 0 or self.stats > 0) and not self.copy_prior:
@@ -379,6 +384,10 @@ class WorldTask:
             made = preds[0][:, j]
             if refs is not None:
                 made = anchor.pull(made.float(), refs, self.args.anchor)
+            if self.args.carry > 0:  # the frame before is true or self-made, clean: as the engine carries
+                made = carry.carry(made.float(), x0[sub, j - 1].to(made.device, torch.float32),
+                                   actions[sub, j].to(made.device, torch.float32),
+                                   getattr(model, "shift", None), self.config.model.copy_shift_rows, self.args.carry)
             x0[sub, j] = made.to(x0.dtype)
         model.train(was_training)
         return x0, sigma, target

@@ -22,14 +22,15 @@ def teacher_config(args: WorldArgs) -> EngineConfig:
     model = dataclasses.replace(base.model, context_sigma=args.context_sigma, copy_prior=args.copy_prior,
                                 copy_tau=args.copy_tau, copy_denoised=args.copy_denoised,
                                 copy_shift=args.copy_shift, copy_shift_rows=args.copy_shift_rows,
-                                window_frames=args.window or base.model.window_frames, stats_anchor=args.anchor)
+                                window_frames=args.window or base.model.window_frames, stats_anchor=args.anchor,
+                                detail_carry=args.carry)
     return dataclasses.replace(base, model=model,
                                sampler=SamplerConfig(kind="euler", steps=args.teacher_steps, schedule="linear"))
 
 
 # What a fine-tune may change relative to its --init checkpoint: the trunk's shapes stay.
 _FINETUNE_FIELDS = ("context_sigma", "copy_prior", "copy_tau", "copy_denoised", "copy_shift", "copy_shift_rows",
-                    "window_frames", "stats_anchor")
+                    "window_frames", "stats_anchor", "detail_carry")
 
 
 def init_from(model: DiT, path: str) -> list[str]:

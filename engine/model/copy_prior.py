@@ -58,16 +58,19 @@ def clean_gain(prev_sigma: torch.Tensor) -> torch.Tensor:
     return a / (a**2 + prev_sigma.float() ** 2)
 
 
-def pan(prev: torch.Tensor, action: torch.Tensor, shift: torch.Tensor | None, rows: int) -> torch.Tensor:
+def pan(prev: torch.Tensor, action: torch.Tensor, shift: torch.Tensor | None, rows: int,
+        wrap: bool = False) -> torch.Tensor:
     """``prev`` (B, F, C, h, w) moved right by round(action . shift) cells (B, F) in its top
-    ``rows`` rows (0: all), the edge column repeated into the space uncovered. ``shift``: (A,) on
-    the model's device (a buffer, so no host copy per step); None: no pan. No host sync."""
+    ``rows`` rows (0: all), the edge column repeated into the space uncovered (``wrap``: the
+    columns moved out come back in on the other side). ``shift``: (A,) on the model's device (a
+    buffer, so no host copy per step); None: no pan. No host sync."""
     if shift is None:
         return prev
     w = prev.shape[-1]
     rows = rows or prev.shape[-2]
     dx = torch.round(action.float() @ shift.float()).long()
-    src = (torch.arange(w, device=prev.device) - dx[..., None]).clamp(0, w - 1)  # (B, F, w)
+    src = torch.arange(w, device=prev.device) - dx[..., None]  # (B, F, w)
+    src = src % w if wrap else src.clamp(0, w - 1)
     top = prev[..., :rows, :]
     moved = torch.gather(top, -1, src[:, :, None, None, :].expand(top.shape))
     return torch.cat([moved, prev[..., rows:, :]], dim=-2)
