@@ -34,8 +34,9 @@ def high_pass(x: torch.Tensor) -> torch.Tensor:
     """The frame minus its 3x3 binomial blur ([1, 2, 1] / 4 on each axis, edges replicated),
     per channel: (B, C, h, w) -> same; its gain is in [0, 1] at every frequency."""
     c = x.shape[1]
-    k1 = torch.tensor([0.25, 0.5, 0.25], device=x.device, dtype=x.dtype)
-    k = (k1[:, None] * k1[None, :]).expand(c, 1, 3, 3)
+    k = torch.full((c, 1, 3, 3), 1 / 16, device=x.device, dtype=x.dtype)  # made on the device: no host copy
+    k[..., 1, :] *= 2
+    k[..., :, 1] *= 2
     return x - F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k, groups=c)
 
 

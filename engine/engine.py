@@ -409,9 +409,6 @@ def _generate_latents(engines: Sequence[Engine], actions: Sequence[Action]) -> t
         prev = _same([p[0] for p in preds])  # (B, 1, C, h, w)
         prev_sigma = _same([p[1] for p in preds])  # (B, 1)
         x0 = first._sampler(_denoiser_batched(engines, a, prev, prev_sigma), noise, first._sigmas, gens)
-    clip = first.config.model.latent_clip
-    if clip > 0:  # a rollout must stay where the tokenizer's latents live, or it feeds on its own blow-up
-        x0 = x0.clamp(-clip, clip)
     strength = first.config.model.stats_anchor
     if strength > 0:  # pull each frame's look back to its rollout's true context (x_0 anchors itself)
         pulled = []
@@ -426,6 +423,9 @@ def _generate_latents(engines: Sequence[Engine], actions: Sequence[Action]) -> t
         x0 = _same([x0[i : i + 1] if e._last is None  # a rollout's first frame has nothing to carry
                     else carry.carry(x0[i : i + 1], e._last.clean, a[i], shift, m.copy_shift_rows, m.detail_carry)
                     for i, e in enumerate(engines)])
+    clip = first.config.model.latent_clip
+    if clip > 0:  # a rollout must stay where the tokenizer's latents live, or it feeds on its own blow-up
+        x0 = x0.clamp(-clip, clip)
     for i, (e, t) in enumerate(zip(engines, ts, strict=True)):
         e._finish(t, x0[i : i + 1], a[i : i + 1])
     return compiled, x0

@@ -385,7 +385,8 @@ class WorldTask:
             if refs is not None:
                 made = anchor.pull(made.float(), refs, self.args.anchor)
             if self.args.carry > 0:  # the frame before is true or self-made, clean: as the engine carries
-                made = carry.carry(made.float(), x0[sub, j - 1].to(made.device, torch.float32),
+                last = before[sub] if j == 1 else x0[sub, j - 1]  # frame 1's predecessor: the frame before a gap
+                made = carry.carry(made.float(), last.to(made.device, torch.float32),
                                    actions[sub, j].to(made.device, torch.float32),
                                    getattr(model, "shift", None), self.config.model.copy_shift_rows, self.args.carry)
             x0[sub, j] = made.to(x0.dtype)
