@@ -409,7 +409,8 @@ def _generate_latents(engines: Sequence[Engine], actions: Sequence[Action]) -> t
         prev = _same([p[0] for p in preds])  # (B, 1, C, h, w)
         prev_sigma = _same([p[1] for p in preds])  # (B, 1)
         x0 = first._sampler(_denoiser_batched(engines, a, prev, prev_sigma), noise, first._sigmas, gens)
-    strength = first.config.model.stats_anchor
+    m = first.config.model
+    strength = m.stats_anchor
     if strength > 0:  # pull each frame's look back to its rollout's true context (x_0 anchors itself)
         pulled = []
         for i, e in enumerate(engines):  # per rollout: batch-invariant, and a few hundred values each
@@ -417,13 +418,12 @@ def _generate_latents(engines: Sequence[Engine], actions: Sequence[Action]) -> t
                 e._anchor = anchor.reference(x0[i : i + 1])
             pulled.append(anchor.pull(x0[i : i + 1], e._anchor, strength))
         x0 = _same(pulled)
-    m = first.config.model
     if m.detail_carry > 0:  # texture moves with the view from the previous frame, not re-predicted
         shift = getattr(first.runner.model, "shift", None)
         x0 = _same([x0[i : i + 1] if e._last is None  # a rollout's first frame has nothing to carry
                     else carry.carry(x0[i : i + 1], e._last.clean, a[i], shift, m.copy_shift_rows, m.detail_carry)
                     for i, e in enumerate(engines)])
-    clip = first.config.model.latent_clip
+    clip = m.latent_clip
     if clip > 0:  # a rollout must stay where the tokenizer's latents live, or it feeds on its own blow-up
         x0 = x0.clamp(-clip, clip)
     for i, (e, t) in enumerate(zip(engines, ts, strict=True)):

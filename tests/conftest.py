@@ -47,6 +47,36 @@ def action_script(n: int) -> list[Action]:
              Action.of("strafe_right", "use"), Action.of("backward", "turn_right")]
     return [cycle[(i // 2) % len(cycle)] for i in range(n)]
 
+def check_generation_option(config: EngineConfig, off: EngineConfig, context: torch.Tensor) -> None:
+    """What every per-rollout generation option (anchor, carry) must keep: cached == recompute,
+    with and without ``context``, while the window drops nothing (tests/test_cache.py); the option
+    acts (``config``'s first step differs from ``off``'s); a draft under another action rolls back
+    bit for bit."""
+    m = config.model
+    horizon = m.sink_frames + m.window_frames
+    for ctx in (None, context):
+        runs = []
+        for recompute in (False, True):
+            e = make_engine(config, recompute=recompute)
+            k = 1 if ctx is None else len(ctx)
+            runs.append([e.reset(1, context=ctx), *e.stream(action_script(horizon - k))])
+        for a, b in zip(*runs, strict=True):
+            torch.testing.assert_close(a.latent, b.latent, atol=2e-5, rtol=0)
+    e, f = make_engine(config), make_engine(off)
+    e.reset(1)
+    f.reset(1)
+    assert not torch.equal(e.step(Action()).latent, f.step(Action()).latent)  # the option did act
+    e = make_engine(config)
+    e.reset(2)
+    e.step(Action.of("forward"))
+    e.draft(Action.of("turn_left"))
+    again = e.step(Action.of("forward"))
+    f = make_engine(config)
+    f.reset(2)
+    f.step(Action.of("forward"))
+    assert torch.equal(again.latent, f.step(Action.of("forward")).latent)
+
+
 
 @pytest.fixture
 def make_client(tmp_path: Path) -> Iterator[MakeClient]:

@@ -16,7 +16,7 @@ from engine import anchor
 from engine.action import Action
 from engine.config import ConfigError, EngineConfig, SamplerConfig
 from engine.engine import Engine
-from tests.conftest import action_script, make_engine, make_model
+from tests.conftest import action_script, check_generation_option, make_model
 
 
 def _frames(n: int, seed: int = 0, scale: float = 1.0, shift: float = 0.0,
@@ -91,31 +91,8 @@ def test_anchor_bounds_a_growing_loop() -> None:
 
 def test_cached_equals_recompute_and_drafts_roll_back_with_the_anchor(tiny: EngineConfig) -> None:
     config = dataclasses.replace(tiny, model=dataclasses.replace(tiny.model, stats_anchor=0.4, context_sigma=0.1))
-    m = config.model
-    horizon = m.sink_frames + m.window_frames  # while the window drops nothing (tests/test_cache.py)
-    for context in (None, _frames(2, seed=5, shape=_shape(config))):
-        runs = []
-        for recompute in (False, True):
-            e = make_engine(config, recompute=recompute)
-            k = 1 if context is None else len(context)
-            runs.append([e.reset(1, context=context), *e.stream(action_script(horizon - k))])
-        for a, b in zip(*runs, strict=True):
-            torch.testing.assert_close(a.latent, b.latent, atol=2e-5, rtol=0)
     off = dataclasses.replace(config, model=dataclasses.replace(config.model, stats_anchor=0.0))
-    e, f = make_engine(config), make_engine(off)
-    e.reset(1)
-    f.reset(1)
-    assert not torch.equal(e.step(Action()).latent, f.step(Action()).latent)  # the anchor did act
-    # generated x_0 anchors itself; a draft under another action rolls back bit for bit
-    e = make_engine(config)
-    e.reset(2)
-    e.step(Action.of("forward"))
-    e.draft(Action.of("turn_left"))
-    again = e.step(Action.of("forward"))
-    f = make_engine(config)
-    f.reset(2)
-    f.step(Action.of("forward"))
-    assert torch.equal(again.latent, f.step(Action.of("forward")).latent)
+    check_generation_option(config, off, _frames(2, seed=5, shape=_shape(config)))
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1.5])

@@ -16,10 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from engine import carry
-from engine.action import Action
 from engine.config import ConfigError, EngineConfig
 from engine.model.copy_prior import pan
-from tests.conftest import action_script, make_engine
+from tests.conftest import check_generation_option
 
 
 def _frames(n: int, seed: int = 0, shape: tuple[int, int, int] = (8, 15, 20)) -> torch.Tensor:
@@ -102,30 +101,9 @@ def test_cached_equals_recompute_and_drafts_roll_back_with_the_carry(tiny: Engin
     m = dataclasses.replace(tiny.model, detail_carry=1.0, context_sigma=0.1, copy_shift=(0, 0, 0, 0, 1, -1, 0, 0),
                             copy_shift_rows=3)
     config = dataclasses.replace(tiny, model=m)
-    horizon = m.sink_frames + m.window_frames  # while the window drops nothing (tests/test_cache.py)
     shape = (m.latent_channels, m.latent_height, m.latent_width)
-    for context in (None, _frames(2, seed=5, shape=shape)):
-        runs = []
-        for recompute in (False, True):
-            e = make_engine(config, recompute=recompute)
-            k = 1 if context is None else len(context)
-            runs.append([e.reset(1, context=context), *e.stream(action_script(horizon - k))])
-        for a, b in zip(*runs, strict=True):
-            torch.testing.assert_close(a.latent, b.latent, atol=2e-5, rtol=0)
     off = dataclasses.replace(config, model=dataclasses.replace(m, detail_carry=0.0, copy_shift=()))
-    e, f = make_engine(config), make_engine(off)
-    e.reset(1)
-    f.reset(1)
-    assert not torch.equal(e.step(Action()).latent, f.step(Action()).latent)  # the carry did act
-    e = make_engine(config)
-    e.reset(2)
-    e.step(Action.of("forward"))
-    e.draft(Action.of("turn_left"))
-    again = e.step(Action.of("forward"))
-    f = make_engine(config)
-    f.reset(2)
-    f.step(Action.of("forward"))
-    assert torch.equal(again.latent, f.step(Action.of("forward")).latent)
+    check_generation_option(config, off, _frames(2, seed=5, shape=shape))
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1.5])
