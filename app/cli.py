@@ -211,8 +211,8 @@ def _train_parsers(sub: argparse._SubParsersAction) -> None:
                    help="copy prior: copy the predecessor's posterior mean, not the noisy context (a rollout of copies "
                         "keeps its contrast instead of fading by the context level every frame)")
     w.add_argument("--copy-shift", type=_copy_shift, default=(), metavar="auto|D,D,...",
-                   help="copy prior: pan the predecessor by the action, a whole number of latent cells per button "
-                        "(one per action, comma-separated) or 'auto' (measured from the training latents); "
+                   help="copy prior and --carry: pan the predecessor by the action, a whole number of latent cells "
+                        "per button (one per action, comma-separated) or 'auto' (measured from the training latents); "
                         "default: no pan")
     w.add_argument("--copy-shift-rows", type=int, default=0,
                    help="copy prior: pan only the top N latent rows (default 0: all; 'auto' measures it)")
@@ -239,6 +239,13 @@ def _train_parsers(sub: argparse._SubParsersAction) -> None:
                    help="the detail carry (model.detail_carry, 0..1): each frame's texture is its predecessor's, "
                         "panned by the action; written into the config and applied to the self-forced history "
                         "frames as a rollout applies it (default 0: off)")
+    w.add_argument("--conv-head", type=int, default=0, metavar="CHANNELS",
+                   help="a residual CNN of this many channels on the latent grid corrects the DiT's output "
+                        "(model.conv_head; it starts at zero, so an --init model is unchanged at step 0; "
+                        "default 0: none)")
+    w.add_argument("--train-only", choices=["all", "head", "output"], default="all",
+                   help="'head': train only the conv head, the DiT frozen (needs --conv-head and --init; no "
+                        "backward through the DiT); 'output': only the DiT's output layers (the linear control)")
     w.add_argument("--adv", type=float, default=0.0,
                    help="adversarial term: a patch critic on latent frames judges the 1-step predictions; its "
                         "gradient at the output layer is this times the reconstruction's (needs --target-one > 0; "

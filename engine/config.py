@@ -51,6 +51,9 @@ class ModelConfig:
     # inference: this fraction of each generated frame's high-pass part (its texture) replaced by
     # the previous frame's, panned by the action (engine/carry.py; 0 = off): detail cannot fade
     detail_carry: float = 0.0
+    # > 0: a residual CNN of this many channels on the latent grid corrects the DiT's output
+    # (engine/model/conv_head.py): moving texture by a cell is easy for a convolution; 0 = none
+    conv_head: int = 0
 
     def __post_init__(self) -> None:
         positive = ("latent_channels", "latent_height", "latent_width", "patch_size", "dim",
@@ -83,6 +86,8 @@ class ModelConfig:
             raise ConfigError(f"model.stats_anchor must be in [0, 1], got {self.stats_anchor}")
         if not 0 <= self.detail_carry <= 1:
             raise ConfigError(f"model.detail_carry must be in [0, 1], got {self.detail_carry}")
+        if self.conv_head < 0:
+            raise ConfigError(f"model.conv_head must be >= 0 (0 = none), got {self.conv_head}")
         if not 0 <= self.copy_residual <= 1:
             raise ConfigError(f"model.copy_residual must be in [0, 1], got {self.copy_residual}")
         if self.copy_shift and not (self.copy_prior or self.detail_carry > 0):

@@ -64,6 +64,11 @@ VARIANTS: dict[str, dict[str, float | int | str | bool]] = {
     "h": {"context_sigma_max": 0.4, "copy_denoised": True, "copy_shift": (0, 0, 0, 0, 1, -1, 0, 0),
           "copy_shift_rows": 11, "self_prob": 1.0, "self_frames": 7, "loss": "l1", "stats": 2.0, "anchor": 0.3,
           "carry": 1.0, "adv": 1.0, "critic_lr": 1e-3, "critic_steps": 3, "target_one": 0.5},
+    # g with a conv head on the latent grid, trained with the DiT (engine/model/conv_head.py; docs/training.md,
+    # "A convolutional head")
+    "i": {"context_sigma_max": 0.4, "copy_denoised": True, "copy_shift": (0, 0, 0, 0, 1, -1, 0, 0),
+          "copy_shift_rows": 11, "self_prob": 1.0, "self_frames": 7, "loss": "l1", "stats": 2.0, "anchor": 0.3,
+          "conv_head": 64, "adv": 1.0, "critic_lr": 1e-3, "critic_steps": 3, "target_one": 0.5},
 }
 MAPS = tuple(f"MAP{i:02d}" for i in (*range(1, 9), *range(11, 33)))  # MAP09/10 stay unseen
 PART = 15 * 2**20  # the tool brings back files of at most 16 MiB

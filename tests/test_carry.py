@@ -117,6 +117,13 @@ def test_a_pan_needs_a_copy_prior_or_the_carry(tiny: EngineConfig) -> None:
     with pytest.raises(ConfigError, match="copy_shift"):
         dataclasses.replace(tiny.model, copy_shift=shift)
     assert dataclasses.replace(tiny.model, copy_shift=shift, detail_carry=0.5).copy_shift == shift
+    from train.world import WorldArgs
+    from train.world_setup import teacher_config
+
+    with pytest.raises(ValueError, match="--copy-shift"):
+        WorldArgs(data="-", tokenizer="-", out="-", copy_shift=shift)
+    args = WorldArgs(data="-", tokenizer="-", out="-", copy_shift=shift, carry=1.0)  # a carry-only model pans
+    assert teacher_config(args).model.copy_shift == shift and not teacher_config(args).model.copy_prior
 
 
 def test_self_forced_frames_are_carried_in_training(tiny: EngineConfig) -> None:

@@ -360,6 +360,18 @@ def test_train_cli_end_to_end(tmp_path: Path) -> None:
     assert c_engine.reset(0).rgb.shape == (120, 160, 3) and c_engine.step(Action()).rgb.shape == (120, 160, 3)
     assert main(["train", "distill", "--teacher", str(cp), "--data", str(data),
                  "--out", str(tmp_path / "s3"), "--steps", "1"]) == 2
+    # a conv head trained alone on the copy-prior model: the DiT's weights stay bit for bit
+    hd = tmp_path / "head"
+    assert main(["train", "world", "--data", str(data), "--tokenizer", str(tok), "--out", str(hd), "--init",
+                 str(cp), "--copy-prior", "--copy-tau", "0.6", "--window", "2", "--target-one", "0.5",
+                 "--context-sigma-max", "0.3", "--steps", "2", "--batch", "1", "--checkpoint-every", "2",
+                 "--teacher-steps", "1", "--conv-head", "8", "--train-only", "head", "--lr", "1e-2"]) == 0
+    h_engine = Engine.from_checkpoint(hd)
+    assert h_engine.config.model.conv_head == 8
+    trunk, headed = load_weights(cp, DiT(m).state_dict()), load_weights(hd, DiT(h_engine.config.model).state_dict())
+    assert all(torch.equal(trunk[k], headed[k]) for k in trunk)
+    assert headed["head.out.weight"].abs().sum() > 0  # it learned (it starts at zero)
+    assert h_engine.reset(0).rgb.shape == (120, 160, 3) and h_engine.step(Action()).rgb.shape == (120, 160, 3)
 
 
 def test_horizontal_shift_sign() -> None:

@@ -57,7 +57,7 @@ from train.world_losses import (
     statistics_difference,
 )
 from train.world_pan import measure_pan
-from train.world_setup import init_from, teacher_config
+from train.world_setup import TRAIN_ONLY, freeze_except, init_from, teacher_config
 
 LOSSES = ("l2", "l1", "energy", "crps")
 
@@ -112,6 +112,10 @@ class WorldArgs:
     # the engine's detail carry (engine/carry.py, model.detail_carry), written into the config and applied to the
     # self-forced history frames as a rollout applies it (after the anchor): texture moves with the view
     carry: float = 0.0
+    conv_head: int = 0  # model.conv_head: channels of the CNN that corrects the DiT's output (0 = none)
+    # "head": only the conv head learns; "output": only the DiT's output layers (the linear control of "head");
+    # the rest stays as --init made it
+    train_only: str = "all"
     # the adversarial term on 1-step frames (train/world_critic.py), relative to the reconstruction's pull at the
     # output layer (adaptive_weight); 0 = no critic
     adv: float = 0.0
@@ -132,8 +136,8 @@ class WorldArgs:
         if self.copy_denoised and not self.copy_prior:
             raise ValueError("--copy-denoised applies to --copy-prior models")
         object.__setattr__(self, "copy_shift", tuple(int(d) for d in self.copy_shift))  # a JSON list is welcome too
-        if (self.copy_shift or self.copy_shift_auto) and not self.copy_prior:
-            raise ValueError("--copy-shift applies to --copy-prior models")
+        if (self.copy_shift or self.copy_shift_auto) and not (self.copy_prior or self.carry > 0):
+            raise ValueError("--copy-shift applies to --copy-prior models and to --carry")
         if self.copy_shift and self.copy_shift_auto:
             raise ValueError("--copy-shift: give the shifts or 'auto', not both")
         if self.window < 0 or self.copy_tau <= 0:
@@ -152,6 +156,14 @@ class WorldArgs:
             raise ValueError("need --adv >= 0, --critic-lr > 0 and --critic-steps >= 1")
         if self.adv > 0 and self.target_one == 0:
             raise ValueError("--adv needs --target-one > 0: the critic judges 1-step frames, made from sigma 1")
+        if self.conv_head < 0:
+            raise ValueError("--conv-head must be >= 0 (0: none)")
+        if self.train_only not in TRAIN_ONLY:
+            raise ValueError(f"--train-only must be one of {', '.join(TRAIN_ONLY)}, got {self.train_only!r}")
+        if self.train_only == "head" and (self.conv_head == 0 or self.init is None):
+            raise ValueError("--train-only head needs --conv-head > 0 and --init (the DiT it corrects)")
+        if self.train_only == "output" and self.init is None:
+            raise ValueError("--train-only output needs --init (the DiT whose output layers it trains)")
         if self.max_minutes < 0:
             raise ValueError("--max-minutes must be >= 0 (0: no time budget)")
         if self.init is not None and not Path(self.init).is_dir():
@@ -455,6 +467,7 @@ def train_world(args: WorldArgs, progress: bool = True) -> dict[str, float]:
     model.init_weights(torch.Generator().manual_seed(args.seed), adaln_zero=True)
     if args.init is not None:
         init_from(model, args.init)
+    freeze_except(model, args.train_only)
     model.to(device)
     loop = LoopConfig(steps=args.steps, lr=args.lr, warmup=200, ema=args.ema, checkpoint_every=args.checkpoint_every,
                       seed=args.seed, bf16=args.bf16, max_seconds=args.max_minutes * 60)

@@ -98,7 +98,8 @@ def adaptive_weight(rec: torch.Tensor, adv: torch.Tensor, model: nn.Module) -> t
     """VQGAN's balance (Esser et al. 2021): |grad rec| / |grad adv| at the model's output layer, so
     that ``--adv`` is the adversarial term's pull *relative* to the reconstruction's, whatever the
     critic's current scale. Detached; 0 when the critic gives no gradient (yet)."""
-    last = model.patch_out.weight
+    head = getattr(model, "head", None)  # a conv head (engine/model/conv_head.py) is the output layer
+    last = head.out.weight if head is not None else model.patch_out.weight
     g_rec = torch.autograd.grad(rec, last, retain_graph=True)[0]
     g_adv = torch.autograd.grad(adv, last, retain_graph=True)[0]
     return (g_rec.norm() / (g_adv.norm() + 1e-4)).clamp(max=1e4).detach()

@@ -23,14 +23,14 @@ def teacher_config(args: WorldArgs) -> EngineConfig:
                                 copy_tau=args.copy_tau, copy_denoised=args.copy_denoised,
                                 copy_shift=args.copy_shift, copy_shift_rows=args.copy_shift_rows,
                                 window_frames=args.window or base.model.window_frames, stats_anchor=args.anchor,
-                                detail_carry=args.carry)
+                                detail_carry=args.carry, conv_head=args.conv_head)
     return dataclasses.replace(base, model=model,
                                sampler=SamplerConfig(kind="euler", steps=args.teacher_steps, schedule="linear"))
 
 
 # What a fine-tune may change relative to its --init checkpoint: the trunk's shapes stay.
 _FINETUNE_FIELDS = ("context_sigma", "copy_prior", "copy_tau", "copy_denoised", "copy_shift", "copy_shift_rows",
-                    "window_frames", "stats_anchor", "detail_carry")
+                    "window_frames", "stats_anchor", "detail_carry", "conv_head")
 
 
 def init_from(model: DiT, path: str) -> list[str]:
@@ -53,3 +53,22 @@ def init_from(model: DiT, path: str) -> list[str]:
         nn.init.zeros_(model.patch_out.weight)
         nn.init.zeros_(model.patch_out.bias)
     return new
+
+
+TRAIN_ONLY = ("all", "head", "output")
+
+
+def freeze_except(model: DiT, which: str) -> None:
+    """``train world --train-only``: "all" trains everything; "head" only the conv head; "output"
+    only the DiT's output layers (its final modulation and patch projection, the linear
+    counterpart of a head). The rest keeps its --init weights bit for bit."""
+    if which == "all":
+        return
+    if which not in TRAIN_ONLY:
+        raise ValueError(f"train only: one of {TRAIN_ONLY}, got {which!r}")
+    if which == "head" and model.head is None:
+        raise ValueError("--train-only head needs a conv head (--conv-head > 0)")
+    model.requires_grad_(False)
+    for part in (model.head,) if which == "head" else (model.ada_out, model.patch_out):
+        assert part is not None
+        part.requires_grad_(True)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from engine.config import ModelConfig
+from engine.model.conv_head import ConvHead
 from engine.model.copy_prior import copy_x0, pan, velocity
 from engine.model.layers import Linear, RMSNorm, Rope3D, SigmaEmbedder, modulate, patchify, unpatchify
 from engine.preempt import preempt_point
@@ -109,6 +110,7 @@ class DiT(nn.Module):
         self.norm_out = nn.LayerNorm(cfg.dim, elementwise_affine=False, eps=1e-6)
         self.ada_out = nn.Sequential(nn.SiLU(), Linear(cfg.dim, 2 * cfg.dim))
         self.patch_out = Linear(cfg.dim, cfg.patch_dim)
+        self.head = ConvHead(cfg) if cfg.conv_head else None
         self.rope = Rope3D(cfg.head_dim, cfg.grid, cfg.rope_theta, cfg.sink_frames)
         self.backend: AttentionBackend = SDPAAttention()
         # copy_prior.pan's per-action shift: a buffer, so it moves with the model (None: no pan)
@@ -124,6 +126,12 @@ class DiT(nn.Module):
             if isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, std=std, generator=generator)
                 nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Conv2d):  # the conv head: unit gain, whatever ``std``
+                fan_in = module.weight[0].numel()
+                nn.init.normal_(module.weight, std=fan_in**-0.5, generator=generator)
+                nn.init.zeros_(module.bias)
+        if self.head is not None:  # its correction starts small (tests), or at zero (training)
+            self.head.out.weight.data.mul_(0.0 if adaln_zero else 0.1)
         if adaln_zero:
             for block in self.blocks:
                 nn.init.zeros_(block.ada[1].weight)
@@ -152,8 +160,11 @@ class DiT(nn.Module):
             preempt_point(tokens)  # a live step may be abandoned here (engine/preempt.py)
             tokens = block(tokens, cond, layer, inp)
         shift, scale = self.ada_out(cond).chunk(2, dim=-1)
-        out = self.patch_out(modulate(self.norm_out(tokens), shift, scale))  # (B, F, N, C*p*p)
+        final = modulate(self.norm_out(tokens), shift, scale)
+        out = self.patch_out(final)  # (B, F, N, C*p*p)
         out = unpatchify(out, cfg.patch_size, cfg.latent_channels, cfg.latent_height, cfg.latent_width).float()
+        if self.head is not None:  # a convolution moves texture by a cell (engine/model/conv_head.py)
+            out = out + self.head(final, cond, out, x, prev if cfg.copy_prior else None)
         if not cfg.copy_prior:
             return out
         assert prev is not None
