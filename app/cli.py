@@ -252,6 +252,9 @@ def _train_parsers(sub: argparse._SubParsersAction) -> None:
                         "default 0: no critic)")
     w.add_argument("--critic-lr", type=float, default=2e-4, help="the critic's learning rate (with --adv)")
     w.add_argument("--critic-steps", type=int, default=1, help="critic updates per model step (with --adv)")
+    w.add_argument("--critic-cond", action="store_true",
+                   help="the critic judges (frame, predecessor) pairs: a plausible next frame of the one before, "
+                        "not just a plausible frame (pix2pix's conditional critic; with --adv)")
     w.add_argument("--max-minutes", type=float, default=0.0,
                    help="wall-clock budget: stop, checkpoint and end the LR schedule by then (default 0: none)")
     w.add_argument("--action-weight", type=float, default=1.0,

@@ -97,3 +97,21 @@ def test_resume_with_a_critic_is_exact(tiny: EngineConfig, tmp_path: Path) -> No
     assert any(k.startswith("task.critic.net.") for k in a) and any(k.startswith("task.critic.opt.") for k in a)
     assert a.keys() == b.keys()
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+def test_a_conditional_critic_judges_pairs_with_the_same_predecessor(tiny: EngineConfig) -> None:
+    """``--critic-cond``: real and model frames each go to the critic beside the same predecessor
+    (the frame before, panned by the action), stacked on channels; the term still moves the model."""
+    with pytest.raises(ValueError, match="critic-cond"):
+        WorldArgs(data="-", tokenizer="-", out="-", copy_prior=True, target_one=0.5, critic_cond=True)
+    config = dataclasses.replace(tiny, model=dataclasses.replace(tiny.model, copy_prior=True))
+    args = WorldArgs(data="-", tokenizer="-", out="-", frames=6, batch=3, copy_prior=True, target_one=0.5, adv=1.0,
+                     critic_cond=True)
+    eps = _episodes(config)
+    task = WorldTask(args, config, eps, eps[:1], Path("-"), torch.device("cpu"))
+    c = config.model.latent_channels
+    assert task.critic.net.net[0].weight.shape[1] == 2 * c
+    _, info = task.loss(make_model(config), torch.Generator().manual_seed(3))
+    real, fake = task._judged
+    assert info["adv_g"] != 0 and real.shape == fake.shape and real.shape[1] == 2 * c
+    assert torch.equal(real[:, c:], fake[:, c:]) and not torch.equal(real[:, :c], fake[:, :c])

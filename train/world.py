@@ -39,7 +39,7 @@ from engine import anchor, carry
 from engine.cache import FullContext
 from engine.checkpoint import save_checkpoint
 from engine.config import EngineConfig
-from engine.model.copy_prior import copy_scale, x0_from_velocity
+from engine.model.copy_prior import copy_scale, pan, x0_from_velocity
 from engine.model.dit import DiT
 from engine.tokenizer import CONFIG as TOK_CONFIG
 from engine.tokenizer import WEIGHTS as TOK_WEIGHTS
@@ -121,6 +121,8 @@ class WorldArgs:
     adv: float = 0.0
     critic_lr: float = 2e-4
     critic_steps: int = 1  # critic updates per model step (on that step's frames)
+    # the critic judges (frame, predecessor) pairs, not frames alone: is this a plausible *next* frame of that one
+    critic_cond: bool = False
 
     def __post_init__(self) -> None:
         if not 0 < self.target_prob <= 1:
@@ -154,6 +156,8 @@ class WorldArgs:
             raise ValueError("--loss l1/energy/crps, --gdl and --stats apply to --copy-prior models")
         if self.adv < 0 or self.critic_lr <= 0 or self.critic_steps < 1:
             raise ValueError("need --adv >= 0, --critic-lr > 0 and --critic-steps >= 1")
+        if self.critic_cond and self.adv == 0:
+            raise ValueError("--critic-cond needs --adv > 0")
         if self.adv > 0 and self.target_one == 0:
             raise ValueError("--adv needs --target-one > 0: the critic judges 1-step frames, made from sigma 1")
         if self.conv_head < 0:
@@ -216,7 +220,8 @@ class WorldTask:
         self.tokenizer_dir = tokenizer_dir
         m = config.model
         self.n, self.sinks, self.window = m.tokens_per_frame, m.sink_frames, m.window_frames
-        self.critic = Critic(m.latent_channels, args.critic_lr, device, args.seed) if args.adv > 0 else None
+        channels = m.latent_channels * (2 if args.critic_cond else 1)  # + the predecessor, stacked on channels
+        self.critic = Critic(channels, args.critic_lr, device, args.seed) if args.adv > 0 else None
         self._judged: tuple[torch.Tensor, torch.Tensor] | None = None  # (real, fake) for the critic's step
         self._critic_log = {"critic": 0.0, "critic_gap": 0.0}  # the last critic step's numbers, logged
 
@@ -338,6 +343,11 @@ class WorldTask:
             one = (target & (sigma == 1)).to(self.device)  # the frames a 1-step rollout shows
             if one.any():
                 fake, real = preds[0][one], x0.to(self.device)[one]
+                if self.args.critic_cond:  # the same predecessor beside both: a pair is judged, not a frame
+                    m = self.config.model
+                    cond = pan(preds[1], actions.to(self.device), getattr(model, "shift", None), m.copy_shift_rows)
+                    cond = cond[one].detach()  # panned by the action as the model pans it: aligned with the truth
+                    fake, real = torch.cat([fake, cond], dim=1), torch.cat([real, cond], dim=1)
                 adv = self.critic.generator_loss(fake)
                 w = adaptive_weight(loss, adv, model)
                 loss = loss + self.args.adv * w * adv
