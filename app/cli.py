@@ -255,6 +255,9 @@ def _train_parsers(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--critic-cond", action="store_true",
                    help="the critic judges (frame, predecessor) pairs: a plausible next frame of the one before, "
                         "not just a plausible frame (pix2pix's conditional critic; with --adv)")
+    w.add_argument("--critic-pixels", action="store_true",
+                   help="the critic judges frames decoded to pixels by the frozen tokenizer, not latents "
+                        "(a ~60-pixel PatchGAN; with --adv)")
     w.add_argument("--max-minutes", type=float, default=0.0,
                    help="wall-clock budget: stop, checkpoint and end the LR schedule by then (default 0: none)")
     w.add_argument("--action-weight", type=float, default=1.0,

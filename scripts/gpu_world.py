@@ -69,6 +69,12 @@ VARIANTS: dict[str, dict[str, float | int | str | bool]] = {
     "i": {"context_sigma_max": 0.4, "copy_denoised": True, "copy_shift": (0, 0, 0, 0, 1, -1, 0, 0),
           "copy_shift_rows": 11, "self_prob": 1.0, "self_frames": 7, "loss": "l1", "stats": 2.0, "anchor": 0.3,
           "conv_head": 64, "adv": 1.0, "critic_lr": 1e-3, "critic_steps": 3, "target_one": 0.5},
+    # i with the critic judging decoded (frame, predecessor) pairs in pixels (--critic-cond --critic-pixels;
+    # docs/training.md, "Three more tries"): on the CPU only a head could learn against it, for 20-35 minutes
+    "j": {"context_sigma_max": 0.4, "copy_denoised": True, "copy_shift": (0, 0, 0, 0, 1, -1, 0, 0),
+          "copy_shift_rows": 11, "self_prob": 1.0, "self_frames": 7, "loss": "l1", "stats": 2.0, "anchor": 0.3,
+          "conv_head": 64, "adv": 1.0, "critic_cond": True, "critic_pixels": True, "critic_lr": 1e-3,
+          "critic_steps": 3, "target_one": 0.5},
 }
 MAPS = tuple(f"MAP{i:02d}" for i in (*range(1, 9), *range(11, 33)))  # MAP09/10 stay unseen
 PART = 15 * 2**20  # the tool brings back files of at most 16 MiB

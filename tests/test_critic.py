@@ -115,3 +115,32 @@ def test_a_conditional_critic_judges_pairs_with_the_same_predecessor(tiny: Engin
     real, fake = task._judged
     assert info["adv_g"] != 0 and real.shape == fake.shape and real.shape[1] == 2 * c
     assert torch.equal(real[:, c:], fake[:, c:]) and not torch.equal(real[:, :c], fake[:, :c])
+
+
+def test_a_pixel_critic_judges_decoded_frames(tiny: EngineConfig, tmp_path: Path) -> None:
+    """``--critic-pixels``: the frames go through the frozen tokenizer's decoder before the critic
+    (with ``--critic-cond`` the decoded predecessor beside them); the model still gets the gradient
+    and the decoder none."""
+    from engine.tokenizer import Tokenizer, TokenizerConfig, save_tokenizer
+
+    m = tiny.model
+    tok = tmp_path / "tok"
+    save_tokenizer(tok, Tokenizer(TokenizerConfig(latent_channels=m.latent_channels, widths=(4, 4, 4, 4),
+                                                  blocks=(0, 0, 0, 0), height=m.latent_height * 8,
+                                                  width=m.latent_width * 8)))
+    config = dataclasses.replace(tiny, model=dataclasses.replace(m, copy_prior=True))
+    args = WorldArgs(data="-", tokenizer="-", out="-", frames=6, batch=3, copy_prior=True, target_one=0.5, adv=1.0,
+                     critic_cond=True, critic_pixels=True)
+    eps = _episodes(config)
+    task = WorldTask(args, config, eps, eps[:1], tok, torch.device("cpu"))
+    model = make_model(config)
+    loss, info = task.loss(model, torch.Generator().manual_seed(3))
+    real, fake = task._judged
+    assert real.shape == fake.shape and real.shape[1:] == (6, m.latent_height * 8, m.latent_width * 8)
+    assert torch.equal(real[:, 3:], fake[:, 3:]) and info["adv_g"] != 0
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    assert task.decoder is not None and all(p.grad is None for p in task.decoder.parameters())
+    task.after_step(model)
+    with pytest.raises(ValueError, match="critic-pixels"):
+        WorldArgs(data="-", tokenizer="-", out="-", copy_prior=True, target_one=0.5, critic_pixels=True)

@@ -43,7 +43,7 @@ from engine.model.copy_prior import copy_scale, pan, x0_from_velocity
 from engine.model.dit import DiT
 from engine.tokenizer import CONFIG as TOK_CONFIG
 from engine.tokenizer import WEIGHTS as TOK_WEIGHTS
-from engine.tokenizer import load_tokenizer
+from engine.tokenizer import Tokenizer, load_tokenizer
 from train.data import ClipBank, LatentEpisode, load_latent_data
 from train.loop import LoopConfig, Trainer, hardware
 from train.world_critic import Critic, adaptive_weight
@@ -123,6 +123,8 @@ class WorldArgs:
     critic_steps: int = 1  # critic updates per model step (on that step's frames)
     # the critic judges (frame, predecessor) pairs, not frames alone: is this a plausible *next* frame of that one
     critic_cond: bool = False
+    # the critic judges frames decoded to pixels by the (frozen) tokenizer, not latents: what a player sees
+    critic_pixels: bool = False
 
     def __post_init__(self) -> None:
         if not 0 < self.target_prob <= 1:
@@ -156,8 +158,8 @@ class WorldArgs:
             raise ValueError("--loss l1/energy/crps, --gdl and --stats apply to --copy-prior models")
         if self.adv < 0 or self.critic_lr <= 0 or self.critic_steps < 1:
             raise ValueError("need --adv >= 0, --critic-lr > 0 and --critic-steps >= 1")
-        if self.critic_cond and self.adv == 0:
-            raise ValueError("--critic-cond needs --adv > 0")
+        if (self.critic_cond or self.critic_pixels) and self.adv == 0:
+            raise ValueError("--critic-cond and --critic-pixels need --adv > 0")
         if self.adv > 0 and self.target_one == 0:
             raise ValueError("--adv needs --target-one > 0: the critic judges 1-step frames, made from sigma 1")
         if self.conv_head < 0:
@@ -220,8 +222,12 @@ class WorldTask:
         self.tokenizer_dir = tokenizer_dir
         m = config.model
         self.n, self.sinks, self.window = m.tokens_per_frame, m.sink_frames, m.window_frames
-        channels = m.latent_channels * (2 if args.critic_cond else 1)  # + the predecessor, stacked on channels
-        self.critic = Critic(channels, args.critic_lr, device, args.seed) if args.adv > 0 else None
+        self.decoder: Tokenizer | None = None  # --critic-pixels: latents -> pixels, frozen, differentiable
+        if args.adv > 0 and args.critic_pixels:
+            self.decoder = load_tokenizer(tokenizer_dir)[0].to(device).eval().requires_grad_(False)
+        per_frame = 3 if args.critic_pixels else m.latent_channels
+        channels = per_frame * (2 if args.critic_cond else 1)  # + the predecessor, stacked on channels
+        self.critic = Critic(channels, args.critic_lr, device, args.seed, args.critic_pixels) if args.adv > 0 else None
         self._judged: tuple[torch.Tensor, torch.Tensor] | None = None  # (real, fake) for the critic's step
         self._critic_log = {"critic": 0.0, "critic_gap": 0.0}  # the last critic step's numbers, logged
 
@@ -343,10 +349,16 @@ class WorldTask:
             one = (target & (sigma == 1)).to(self.device)  # the frames a 1-step rollout shows
             if one.any():
                 fake, real = preds[0][one], x0.to(self.device)[one]
+                cond = None
                 if self.args.critic_cond:  # the same predecessor beside both: a pair is judged, not a frame
                     m = self.config.model
                     cond = pan(preds[1], actions.to(self.device), getattr(model, "shift", None), m.copy_shift_rows)
                     cond = cond[one].detach()  # panned by the action as the model pans it: aligned with the truth
+                if self.decoder is not None:  # judged as a player sees them; --batch random frames (decoding costs)
+                    pick = torch.randperm(len(fake), generator=g)[: self.args.batch].to(self.device)
+                    fake, real = self._pixels(fake[pick]), self._pixels(real[pick]).detach()
+                    cond = None if cond is None else self._pixels(cond[pick]).detach()
+                if cond is not None:
                     fake, real = torch.cat([fake, cond], dim=1), torch.cat([real, cond], dim=1)
                 adv = self.critic.generator_loss(fake)
                 w = adaptive_weight(loss, adv, model)
@@ -356,6 +368,11 @@ class WorldTask:
             info["adv_g"], info["adv_w"] = (float(adv.detach()), float(w)) if one.any() else (0.0, 0.0)
             info.update(self._critic_log)
         return loss, info
+
+    def _pixels(self, latent: torch.Tensor) -> torch.Tensor:
+        """(N, C, h, w) normalised latents -> (N, 3, H, W) decoded frames, ~[-1, 1] (gradients flow)."""
+        assert self.decoder is not None
+        return self.decoder.decode_raw(self.decoder.denormalise(latent))
 
     # ------------------------------------------------------------------ the critic (StatefulTask)
     def after_step(self, model: nn.Module) -> None:

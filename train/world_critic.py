@@ -22,6 +22,8 @@ frame: the critic's job is to keep the squared error from pulling it into the me
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
@@ -43,13 +45,30 @@ class LatentCritic(nn.Module):
         return self.net(x.float())[:, 0]
 
 
+class PixelCritic(nn.Module):
+    """(N, C, H, W) decoded frames -> (N, H/16, W/16) realness logits: four stride-2 convolutions, so
+    each logit judges a ~60-pixel patch (pix2pix's 70x70 PatchGAN at this frame size)."""
+
+    def __init__(self, channels: int, width: int = 32) -> None:
+        super().__init__()
+        act = nn.LeakyReLU(0.2)
+        widths = [channels, width, 2 * width, 4 * width, 4 * width]
+        layers: list[nn.Module] = []
+        for a, b in itertools.pairwise(widths):
+            layers += [spectral_norm(nn.Conv2d(a, b, 4, stride=2, padding=1)), act]
+        self.net = nn.Sequential(*layers, spectral_norm(nn.Conv2d(widths[-1], 1, 3, padding=1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.float())[:, 0]
+
+
 class Critic:
     """The critic and its optimizer: ``generator_loss`` for the model's step, ``update`` for its own."""
 
-    def __init__(self, channels: int, lr: float, device: torch.device, seed: int = 0) -> None:
+    def __init__(self, channels: int, lr: float, device: torch.device, seed: int = 0, pixels: bool = False) -> None:
         with torch.random.fork_rng(devices=[]):  # same seed, same critic; the global generator untouched
             torch.manual_seed(seed)
-            self.net = LatentCritic(channels).to(device)
+            self.net = (PixelCritic(channels) if pixels else LatentCritic(channels)).to(device)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=lr, betas=(0.5, 0.9))
 
     def generator_loss(self, fake: torch.Tensor) -> torch.Tensor:
