@@ -7,6 +7,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import torch
@@ -392,10 +393,16 @@ def test_showcase_writes_pictures(tmp_path: Path) -> None:
     from app.showcase import ShowcaseArgs, run_showcase
 
     args = ShowcaseArgs(model="copy-last", out=str(tmp_path), suite=DEFAULT_SUITE, episodes=(0,),
-                        horizons=(0.5, 1.0), video_seconds=1.0, response_seconds=0.5)
+                        horizons=(0.5, 1.0), video_seconds=1.0, response_seconds=0.5, video_scale=1, video_crf=28)
     result = run_showcase(args, CopyLast())
     for name in ("grid.png", "actions.png", "rollout.mp4"):
         assert (tmp_path / name).stat().st_size > 1000
+    with av.open(str(tmp_path / "rollout.mp4")) as video:  # truth | model at native size
+        s = video.streams.video[0]
+        assert (s.width, s.height) == (320, 120)
+    for bad in ({"video_scale": 0}, {"video_crf": 52}):
+        with pytest.raises(ValueError, match="video"):
+            dataclasses.replace(args, **bad)
     assert json.loads((tmp_path / "showcase.json").read_text())["actions"] == result["actions"]
     shifts = {k: v["mean_shift_px_per_frame"] for k, v in result["actions"].items()}
     assert shifts["turn left"]["game"] > 2 and shifts["turn right"]["game"] < -2
