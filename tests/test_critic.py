@@ -104,6 +104,8 @@ def test_a_conditional_critic_judges_pairs_with_the_same_predecessor(tiny: Engin
     (the frame before, panned by the action), stacked on channels; the term still moves the model."""
     with pytest.raises(ValueError, match="critic-cond"):
         WorldArgs(data="-", tokenizer="-", out="-", copy_prior=True, target_one=0.5, critic_cond=True)
+    with pytest.raises(ValueError, match="--copy-prior"):
+        WorldArgs(data="-", tokenizer="-", out="-", target_one=0.5, adv=1.0, critic_cond=True)
     config = dataclasses.replace(tiny, model=dataclasses.replace(tiny.model, copy_prior=True))
     args = WorldArgs(data="-", tokenizer="-", out="-", frames=6, batch=3, copy_prior=True, target_one=0.5, adv=1.0,
                      critic_cond=True)

@@ -160,6 +160,8 @@ class WorldArgs:
             raise ValueError("need --adv >= 0, --critic-lr > 0 and --critic-steps >= 1")
         if (self.critic_cond or self.critic_pixels) and self.adv == 0:
             raise ValueError("--critic-cond and --critic-pixels need --adv > 0")
+        if self.critic_cond and not self.copy_prior:
+            raise ValueError("--critic-cond needs --copy-prior: the predecessor a frame is judged beside")
         if self.adv > 0 and self.target_one == 0:
             raise ValueError("--adv needs --target-one > 0: the critic judges 1-step frames, made from sigma 1")
         if self.conv_head < 0:
