@@ -316,7 +316,7 @@ def _showcase_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--horizons", type=_floats, default=(0.5, 1.0, 2.0, 5.0, 10.0), help="seconds")
     p.add_argument("--video-seconds", type=float, default=20.0)
     p.add_argument("--video-scale", type=int, default=2,
-                   help="the MP4's pixels per frame pixel, 1-4 (default 2; 1: native size, about a quarter the file)")
+                   help="the MP4's pixels per frame pixel, 1-4 (default 2; 1: native size, a quarter the pixels)")
     p.add_argument("--video-crf", type=int, default=18,
                    help="the MP4's H.264 CRF, 0-51: higher is smaller and coarser (default 18)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
