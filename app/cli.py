@@ -94,7 +94,8 @@ def _world_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="score a predictor on an eval suite (PSNR/SSIM/sharpness at 1-60 s)",
                        description="Open-loop rollouts from ground-truth context with ground-truth "
                        "actions; PSNR, SSIM, sharpness ratio and colour-histogram distance per frame, at "
-                       "horizons 1, 5, 10, 30, 60 s. --mode next-frame: teacher-forced +1 frame.")
+                       "horizons 1, 5, 10, 30, 60 s. --mode next-frame: teacher-forced +1 frame; --mode round-trip: "
+                       "the tokenizer's own encode -> decode of those frames.")
     p.add_argument("--suite", action="append", default=None, metavar="FILE",
                    help="eval suite (repeat for several; default: assets/eval/doom-minute.json)")
     p.add_argument("--predictor", action="append", default=None, help="baseline: copy-last | mean-frame (repeatable)")
@@ -112,9 +113,11 @@ def _world_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto",
                    help="auto (default): bf16 where the hardware has native bf16 matrix math, else fp32")
     _int8_arg(p)
-    p.add_argument("--mode", choices=["open-loop", "next-frame"], default="open-loop",
-                   help="open-loop rollouts (default) or teacher-forced next-frame prediction")
-    p.add_argument("--starts", type=int, default=24, help="next-frame: start points per episode")
+    p.add_argument("--mode", choices=["open-loop", "next-frame", "round-trip"], default="open-loop",
+                   help="open-loop rollouts (default), teacher-forced next-frame prediction, or round-trip: "
+                        "the --model's tokenizer encoding and decoding the true frames next-frame scores "
+                        "(the ceiling of a latent model; no prediction)")
+    p.add_argument("--starts", type=int, default=24, help="next-frame and round-trip: start points per episode")
     p.add_argument("--workers", type=int, default=1, help="local processes scoring episodes in parallel")
     p.add_argument("--ray-address", default=None, metavar="ADDR",
                    help="score in --workers Ray actors on this cluster ('local': start one here; needs "
@@ -179,6 +182,13 @@ def _train_parsers(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--device", default="cpu")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--checkpoint-every", type=int, default=250)
+    t.add_argument("--every", type=int, default=3,
+                   help="use every n-th training frame (neighbouring frames are near duplicates)")
+    t.add_argument("--max-minutes", type=float, default=0.0,
+                   help="wall-clock budget: stop, checkpoint and end the LR schedule by then (default 0: none)")
+    t.add_argument("--edge", type=float, default=0.0, metavar="W",
+                   help="add W times the gradient difference (| |d rec| - |d x| | between neighbouring pixels): "
+                        "a soft edge costs where squared error settles for blur (default 0: off)")
     t.add_argument("--init", default=None, metavar="DIR", help="start from this tokenizer")
     t.add_argument("--decoder-only", action="store_true",
                    help="fine-tune the decoder alone (needs --init): latents, and models trained on them, stay valid")

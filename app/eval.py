@@ -11,6 +11,10 @@ frames are too noisy to compare models by).
 predictor gets the true context frames just before t and predicts x_t alone; the same metrics
 at "next". Copy-last's next-frame score is what a model must beat before anything else matters.
 
+``--mode round-trip`` (needs ``--model``): the same frames as next-frame, each encoded and decoded by
+the model's tokenizer and scored against itself. Not a prediction: the ceiling of every model that
+predicts latents, and the way to compare two decoders on the suite.
+
 Outputs in ``--out``:
 
     episodes.jsonl   one row per episode, with the full per-frame curves (resumable: episodes
@@ -38,7 +42,7 @@ import numpy as np
 from tqdm import tqdm
 
 from app.eval_summary import HORIZONS_S, METRICS, markdown, plot
-from app.predictors import BASELINES, EnginePredictor, Predictor
+from app.predictors import BASELINES, EnginePredictor, Predictor, RoundTrip
 from engine.action import Action
 from engine.files import read_json_lines
 from engine.precision import resolve_dtype, set_threads
@@ -52,7 +56,8 @@ from eval.vde import video_vde
 from eval.video_metrics import score_frames
 from world.suite import EvalEpisode, episode_row, load_suite
 
-MODES = ("open-loop", "next-frame")
+MODES = ("open-loop", "next-frame", "round-trip")
+TEACHER_FORCED = ("next-frame", "round-trip")  # scored at "next": one frame per start point
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,8 @@ class EvalArgs:
         chosen = [x for x in (self.predictor, self.model, self.preset) if x is not None]
         if len(chosen) != 1:
             raise ValueError("give exactly one of --predictor NAME, --model PATH, --preset NAME")
+        if self.mode == "round-trip" and self.model is None:
+            raise ValueError("--mode round-trip needs --model (the checkpoint whose tokenizer to score)")
         if self.predictor is not None and self.predictor not in BASELINES:
             raise ValueError(f"--predictor must be one of {sorted(BASELINES)}")
         if self.episodes is not None and self.episodes < 1:
@@ -104,7 +111,10 @@ class EvalArgs:
             raise ValueError("--threads must be >= 1")
 
 
-def make_predictor(args: EvalArgs) -> Predictor:
+def make_predictor(args: EvalArgs) -> Predictor | RoundTrip:
+    if args.mode == "round-trip":
+        assert args.model is not None
+        return RoundTrip(args.model)
     if args.predictor is not None:
         return BASELINES[args.predictor]()
     from app.engine_spec import EngineSpec
@@ -217,13 +227,31 @@ def score_episode(ep: EvalEpisode, predictor: Predictor, fps: float, seconds: fl
     return row
 
 
+def _start_points(n: int, k: int, starts: int) -> np.ndarray:
+    """The frames t that next-frame and round-trip score: ``starts`` spread evenly over k..n-1."""
+    return np.unique(np.linspace(k, n - 1, starts).round().astype(int))
+
+
+def score_round_trip(ep: EvalEpisode, round_trip: RoundTrip, starts: int) -> dict[str, Any]:
+    """The tokenizer's round trip of the frames next-frame mode predicts."""
+    truth = ep.render()
+    times = _start_points(len(truth), ep.context_frames, starts)
+    start = time.perf_counter()
+    pred = round_trip.frames(truth[times])
+    wall = time.perf_counter() - start
+    curves = _curves(pred, truth[times])
+    return {**episode_row(ep), "predictor": round_trip.name, "status": "ok", "mode": "round-trip",
+            "frames": len(times), "predict_fps": len(times) / wall, **_scores(curves, slice(None), "@next"),
+            "psnr_curve": [round(float(v), 4) for v in curves["psnr"]]}
+
+
 def score_next_frame(ep: EvalEpisode, predictor: Predictor, starts: int, seed: int) -> dict[str, Any]:
     """Teacher forced: from the K true frames before t (and their actions), predict x_t alone,
     at ``starts`` values of t spread evenly over the episode."""
     truth = ep.render()
     k = ep.context_frames
     actions = ep.action_list()  # actions[t - 1] = a_t
-    times = np.unique(np.linspace(k, len(truth) - 1, starts).round().astype(int))
+    times = _start_points(len(truth), k, starts)
     start = time.perf_counter()
     pred = []
     for t in tqdm(times, desc=ep.name, unit="start", leave=False, file=sys.stderr, disable=None):
@@ -250,10 +278,12 @@ def _scores(curves: dict[str, np.ndarray], window: slice, suffix: str) -> dict[s
     return out
 
 
-def score_item(ep: EvalEpisode, predictor: Predictor, idm: InverseDynamics | None, args: EvalArgs,
+def score_item(ep: EvalEpisode, predictor: Predictor | RoundTrip, idm: InverseDynamics | None, args: EvalArgs,
                fps: float, features: Any = None, strip: Path | None = None) -> dict[str, Any]:
     """One episode's row; a failure is that episode's row (status "failed"), never a raise."""
     try:
+        if isinstance(predictor, RoundTrip):
+            return score_round_trip(ep, predictor, args.starts)
         if args.mode == "next-frame":
             return score_next_frame(ep, predictor, args.starts, args.seed)
         return score_episode(ep, predictor, fps, args.seconds, args.seed, idm, features, strip)
@@ -314,7 +344,7 @@ def run_eval(args: EvalArgs) -> dict[str, Any]:
 
 
 def _keys(mode: str) -> list[str]:
-    if mode == "next-frame":
+    if mode in TEACHER_FORCED:
         return [f"{m}@next" for m in METRICS]
     return [f"{m}@{h}s" for m in METRICS for h in HORIZONS_S] + [f"{m}_mean" for m in METRICS]
 

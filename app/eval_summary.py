@@ -19,8 +19,10 @@ def markdown(summary: dict[str, Any]) -> str:
     mode = summary.get("mode", "open-loop")
     lines = [f"# {summary['suite']}: {summary['predictor']} ({mode})", "",
              f"{summary['ok']} of {summary['episodes']} episodes scored; failed: {summary['failed'] or 'none'}."]
-    if mode == "next-frame":
-        lines += ["Teacher forced: true context, one predicted frame, at start points spread over each "
+    if mode in ("next-frame", "round-trip"):
+        what = ("Teacher forced: true context, one predicted frame" if mode == "next-frame" else
+                "The tokenizer's encode -> decode of the true frame (no prediction: the ceiling of a latent model)")
+        lines += [f"{what}, at start points spread over each "
                   "episode; mean over episodes (PSNR in dB; sharpness = predicted / true).", "",
                   "| split | episodes | " + " | ".join(LABELS[m] for m in METRICS) + " |",
                   "|" + "---|" * (len(METRICS) + 2)]

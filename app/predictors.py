@@ -52,6 +52,23 @@ class MeanFrame:
         return self._mean
 
 
+class RoundTrip:
+    """Not a predictor: the tokenizer's encode -> decode of the true frame itself, the ceiling of
+    any model that predicts latents (``eval --mode round-trip``)."""
+
+    def __init__(self, folder: str) -> None:
+        from engine.tokenizer import TokenizerDecoder, load_tokenizer
+
+        self.tokenizer = TokenizerDecoder(load_tokenizer(folder)[0])
+        self.name = f"round-trip:{folder}"
+
+    def frames(self, truth: np.ndarray) -> np.ndarray:
+        """(N, H, W, 3) uint8 -> their round trips, the same shape."""
+        out = [self.tokenizer.decode(self.tokenizer.encode(torch.from_numpy(truth[i:i + 32])))
+               for i in range(0, len(truth), 32)]
+        return torch.cat(out).numpy()
+
+
 class EnginePredictor:
     """The world model: context frames are encoded to latents, then the engine rolls out."""
 

@@ -161,6 +161,35 @@ def test_eval_next_frame_mode(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert json.loads(capsys.readouterr().out)["mean"]["all"]["psnr@1s"] is not None
 
 
+def test_eval_round_trip_mode(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The tokenizer's ceiling: the bundled model's tokenizer encodes and decodes the frames that
+    next-frame mode scores; the score equals the same round trip done by hand, and is far above
+    what a prediction gets (a round trip is no prediction)."""
+    import torch
+
+    from app.engine_spec import BUNDLED_MODEL
+    from engine.tokenizer import TokenizerDecoder, load_tokenizer
+
+    model = str(BUNDLED_MODEL)
+    args = ["eval", "--model", model, "--episodes", "1", "--mode", "round-trip", "--starts", "3",
+            "--out", str(tmp_path), "--json"]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["mode"] == "round-trip" and summary["ok"] == 1
+    ep = load_suite(DEFAULT_SUITE).episodes[0]
+    truth, k = ep.render(), ep.context_frames
+    t = np.unique(np.linspace(k, len(truth) - 1, 3).round().astype(int))
+    tok = TokenizerDecoder(load_tokenizer(model)[0])
+    by_hand = tok.decode(tok.encode(torch.from_numpy(truth[t]))).numpy()
+    assert summary["mean"]["all"]["psnr@next"] == pytest.approx(float(psnr(by_hand, truth[t]).mean()))
+    assert summary["mean"]["all"]["psnr@next"] > 25
+    assert "encode -> decode" in (tmp_path / "summary.md").read_text()
+    with pytest.raises(ValueError, match="round-trip needs --model"):
+        from app.eval import EvalArgs
+
+        EvalArgs(suite=DEFAULT_SUITE, out=str(tmp_path), predictor="copy-last", mode="round-trip")
+
+
 def test_eval_keeps_going_past_a_failing_episode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import app.eval as ev
     from app.predictors import CopyLast
