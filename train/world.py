@@ -214,7 +214,8 @@ def randn(shape: tuple[int, ...], g: torch.Generator, device: torch.device) -> t
 
 class WorldTask:
     def __init__(self, args: WorldArgs, config: EngineConfig, train: list[LatentEpisode],
-                 held_out: list[LatentEpisode], tokenizer_dir: Path, device: torch.device) -> None:
+                 held_out: list[LatentEpisode], tokenizer_dir: Path, device: torch.device,
+                 tokenizer: Tokenizer | None = None) -> None:
         self.args, self.config, self.device = args, config, device
         self.frames = clip_frames(args, config)
         self.train = ClipBank(train, self.frames, device)
@@ -225,8 +226,9 @@ class WorldTask:
         m = config.model
         self.n, self.sinks, self.window = m.tokens_per_frame, m.sink_frames, m.window_frames
         self.decoder: Tokenizer | None = None  # --critic-pixels: latents -> pixels, frozen, differentiable
-        if args.adv > 0 and args.critic_pixels:
-            self.decoder = load_tokenizer(tokenizer_dir)[0].to(device).eval().requires_grad_(False)
+        if args.adv > 0 and args.critic_pixels:  # ``tokenizer``: that of tokenizer_dir, already loaded
+            net = tokenizer if tokenizer is not None else load_tokenizer(tokenizer_dir)[0]
+            self.decoder = net.to(device).eval().requires_grad_(False)
         per_frame = 3 if args.critic_pixels else m.latent_channels
         channels = per_frame * (2 if args.critic_cond else 1)  # + the predecessor, stacked on channels
         self.critic = Critic(channels, args.critic_lr, device, args.seed, args.critic_pixels) if args.adv > 0 else None
@@ -502,5 +504,5 @@ def train_world(args: WorldArgs, progress: bool = True) -> dict[str, float]:
                       seed=args.seed, bf16=args.bf16, max_seconds=args.max_minutes * 60)
     meta = {"kind": "teacher (flow matching)", **data_meta, "args": dataclasses.asdict(args),
             "hardware": hardware(device)}
-    task = WorldTask(args, config, train_eps, eval_eps, tok_dir, device)
+    task = WorldTask(args, config, train_eps, eval_eps, tok_dir, device, tokenizer)
     return Trainer(model, task, loop, args.out, meta=meta, progress=progress).run()

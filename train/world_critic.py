@@ -29,7 +29,16 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 
-class LatentCritic(nn.Module):
+class _PatchCritic(nn.Module):
+    """A fully convolutional ``net`` with one output channel: frames -> one logit per patch."""
+
+    net: nn.Sequential
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.float())[:, 0]
+
+
+class LatentCritic(_PatchCritic):
     """(N, C, h, w) latent frames -> (N, h', w') realness logits, one per patch."""
 
     def __init__(self, channels: int, width: int = 64) -> None:
@@ -41,11 +50,8 @@ class LatentCritic(nn.Module):
             spectral_norm(nn.Conv2d(2 * width, 2 * width, 3, padding=1)), act,
             spectral_norm(nn.Conv2d(2 * width, 1, 3, padding=1)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x.float())[:, 0]
 
-
-class PixelCritic(nn.Module):
+class PixelCritic(_PatchCritic):
     """(N, C, H, W) decoded frames -> (N, H/16, W/16) realness logits: four stride-2 convolutions, so
     each logit judges a ~60-pixel patch (pix2pix's 70x70 PatchGAN at this frame size)."""
 
@@ -57,9 +63,6 @@ class PixelCritic(nn.Module):
         for a, b in itertools.pairwise(widths):
             layers += [spectral_norm(nn.Conv2d(a, b, 4, stride=2, padding=1)), act]
         self.net = nn.Sequential(*layers, spectral_norm(nn.Conv2d(widths[-1], 1, 3, padding=1)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x.float())[:, 0]
 
 
 class Critic:
