@@ -189,6 +189,10 @@ def _train_parsers(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--edge", type=float, default=0.0, metavar="W",
                    help="add W times the gradient difference (| |d rec| - |d x| | between neighbouring pixels): "
                         "a soft edge costs where squared error settles for blur (default 0: off)")
+    t.add_argument("--adv", type=float, default=0.0, metavar="W",
+                   help="a pixel PatchGAN judges the reconstructions; the decoder also learns to fool it, at W "
+                        "times the reconstruction's pull on its last layer (default 0: no critic)")
+    t.add_argument("--critic-lr", type=float, default=2e-4, help="the critic's learning rate (with --adv)")
     t.add_argument("--init", default=None, metavar="DIR", help="start from this tokenizer")
     t.add_argument("--decoder-only", action="store_true",
                    help="fine-tune the decoder alone (needs --init): latents, and models trained on them, stay valid")

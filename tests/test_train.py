@@ -91,6 +91,35 @@ def test_the_edge_term_charges_blur_and_eval_reports_sharpness() -> None:
         TokenizerArgs(data="-", out="-", every=0)
 
 
+def test_an_adversarial_decoder_fine_tune_trains_its_critic_and_resumes_it(tmp_path: Path) -> None:
+    """--adv: the critic's term reaches the decoder (balanced at its last layer), the critic takes
+    its own step after the model's, and its weights go into the checkpoint and come back."""
+    from train.tokenizer import TokenizerArgs
+
+    frames = _frames(8)
+
+    def trainer(steps: int) -> Trainer:
+        torch.manual_seed(0)
+        task = TokenizerTask(frames, frames[:4], batch=8, device=torch.device("cpu"), adv=0.5)
+        loop = LoopConfig(steps=steps, lr=3e-3, warmup=5, ema=0.9, checkpoint_every=5, log_every=5, bf16=False)
+        return Trainer(Tokenizer(TINY_TOK), task, loop, tmp_path / "adv", progress=False)
+
+    first = trainer(10)
+    first.run()
+    rows = list(csv.DictReader(open(tmp_path / "adv" / "train" / "log.csv")))
+    assert float(rows[-1]["adv_w"]) > 0 and float(rows[-1]["critic"]) > 0
+    saved = load_file(str(tmp_path / "adv" / "train" / "state.safetensors"))
+    critic = {k: v for k, v in saved.items() if k.startswith("task.critic.net.")}
+    assert critic
+    again = trainer(10)
+    again.run()  # nothing left to do: it only loads
+    assert isinstance(again.task, TokenizerTask) and again.task.critic is not None
+    restored = again.task.critic.net.state_dict()
+    assert all(torch.equal(restored[k[len("task.critic.net."):]], v) for k, v in critic.items())
+    with pytest.raises(ValueError, match="--adv"):
+        TokenizerArgs(data="-", out="-", adv=-1.0)
+
+
 def test_resume_is_exact(tmp_path: Path) -> None:
     frames = _frames(8)
     _tok_trainer(tmp_path / "once", 20, frames).run()

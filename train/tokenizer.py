@@ -3,9 +3,14 @@
 Objective: MSE between frames and reconstructions in [-1, 1] (what PSNR measures), plus a small
 L1 term that keeps edges crisp, and with ``--edge W`` W times the gradient difference (Mathieu et al.
 2016: | |d rec| - |d x| | over neighbouring pixels), which makes a soft edge cost where squared error
-would settle for the blur. After training, the per-channel latent mean/std over training
-frames is measured and stored in the weights, so the exported tokenizer emits unit-scale latents.
-Held-out PSNR is evaluated on whole episodes the tokenizer never saw.
+would settle for the blur. With ``--adv W`` a pixel PatchGAN (train/world_critic.py, hinge loss,
+spectral norm) judges the reconstructions against the frames, and the decoder is also trained to
+fool it at W times the reconstruction's pull on its last layer (VQGAN's adaptive weight): a
+decoder allowed to draw plausible texture the latent does not pin down.
+
+After training, the per-channel latent mean/std over training frames is measured and stored in
+the weights, so the exported tokenizer emits unit-scale latents. Held-out PSNR is evaluated on
+whole episodes the tokenizer never saw.
 
 ``--decoder-only --init DIR`` fine-tunes just the decoder of an existing tokenizer (GameNGen
 fine-tuned its decoder on game frames too): the encoder and the latent statistics stay frozen,
@@ -28,6 +33,7 @@ from engine.tokenizer import Tokenizer, TokenizerConfig, load_tokenizer, save_to
 from eval.metrics import psnr, sharpness
 from train.data import episodes, load_frames, split
 from train.loop import LoopConfig, Trainer, hardware
+from train.world_critic import Critic, adaptive_weight
 from train.world_losses import gradient_difference
 
 DECODER = ("dec_in", "dec", "dec_out")  # the Tokenizer's decoder modules
@@ -50,19 +56,27 @@ class TokenizerArgs:
     decoder_only: bool = False  # train the decoder alone (needs --init): latents stay exactly the same
     max_minutes: float = 0.0  # wall-clock budget (0 = none), as train world's
     edge: float = 0.0  # weight of the gradient-difference term (0 = off)
+    adv: float = 0.0  # the adversarial term, relative to the reconstruction's pull (0 = no critic)
+    critic_lr: float = 2e-4
 
     def __post_init__(self) -> None:
         if self.every < 1 or self.max_minutes < 0 or self.edge < 0:
             raise ValueError("need --every >= 1, --max-minutes >= 0 (0: no budget) and --edge >= 0")
+        if self.adv < 0 or self.critic_lr <= 0:
+            raise ValueError("need --adv >= 0 and --critic-lr > 0")
         if self.decoder_only and self.init is None:
             raise ValueError("--decoder-only needs --init DIR (the tokenizer whose decoder to fine-tune)")
 
 
 class TokenizerTask:
     def __init__(self, train_frames: torch.Tensor, eval_frames: torch.Tensor, batch: int,
-                 device: torch.device, keep_stats: bool = False, edge: float = 0.0) -> None:
+                 device: torch.device, keep_stats: bool = False, edge: float = 0.0, adv: float = 0.0,
+                 critic_lr: float = 2e-4, seed: int = 0) -> None:
         self.frames = train_frames  # (T, H, W, 3) uint8, CPU
-        self.edge = edge
+        self.edge, self.adv = edge, adv
+        self.critic = Critic(3, critic_lr, device, seed, pixels=True) if adv > 0 else None
+        self._judged: tuple[torch.Tensor, torch.Tensor] | None = None  # (frames, reconstructions) for the critic
+        self._critic_log = {"critic": 0.0, "critic_gap": 0.0}
         self.eval_frames = eval_frames
         self.batch = batch
         self.device = device
@@ -78,7 +92,28 @@ class TokenizerTask:
         loss = mse + 0.1 * l1
         if self.edge > 0:
             loss = loss + self.edge * gradient_difference(rec[:, None], x[:, None]).mean()
-        return loss, {"mse": mse_v, "psnr": 10 * math.log10(4 / max(mse_v, 1e-10))}
+        info = {"mse": mse_v, "psnr": 10 * math.log10(4 / max(mse_v, 1e-10))}
+        if self.critic is not None:
+            adv = self.critic.generator_loss(rec)
+            assert isinstance(model, Tokenizer)
+            w = adaptive_weight(loss, adv, model, last=model.dec_out[-1].weight)
+            loss = loss + self.adv * w * adv
+            self._judged = (x.detach(), rec.detach())
+            info.update(adv_g=float(adv.detach()), adv_w=float(w), **self._critic_log)
+        return loss, info
+
+    # ------------------------------------------------------------------ the critic (StatefulTask)
+    def after_step(self, model: nn.Module) -> None:
+        if self.critic is not None and self._judged is not None:
+            self._critic_log = self.critic.update(*self._judged)
+            self._judged = None
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {} if self.critic is None else {f"critic.{k}": v for k, v in self.critic.state().items()}
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        if self.critic is not None:
+            self.critic.load_state({k[7:]: v for k, v in tensors.items() if k.startswith("critic.")})
 
     @torch.no_grad()
     def evaluate(self, ema: nn.Module) -> dict[str, float]:
@@ -138,7 +173,8 @@ def train_tokenizer(args: TokenizerArgs, progress: bool = True) -> dict[str, flo
             "hardware": hardware(device)}
     if args.init is not None:
         meta.update(init=args.init, decoder_only=args.decoder_only, init_meta=init_meta)
-    meta["edge"] = args.edge
-    task = TokenizerTask(frames, eval_frames, args.batch, device, keep_stats=args.decoder_only, edge=args.edge)
+    meta.update(edge=args.edge, adv=args.adv)
+    task = TokenizerTask(frames, eval_frames, args.batch, device, keep_stats=args.decoder_only, edge=args.edge,
+                         adv=args.adv, critic_lr=args.critic_lr, seed=args.seed)
     return Trainer(net, task, loop, args.out, meta=meta, progress=progress).run()
 

@@ -116,12 +116,15 @@ class Critic:
         self.opt.load_state_dict({"state": state, "param_groups": groups})
 
 
-def adaptive_weight(rec: torch.Tensor, adv: torch.Tensor, model: nn.Module) -> torch.Tensor:
+def adaptive_weight(rec: torch.Tensor, adv: torch.Tensor, model: nn.Module,
+                    last: torch.Tensor | None = None) -> torch.Tensor:
     """VQGAN's balance (Esser et al. 2021): |grad rec| / |grad adv| at the model's output layer, so
     that ``--adv`` is the adversarial term's pull *relative* to the reconstruction's, whatever the
-    critic's current scale. Detached; 0 when the critic gives no gradient (yet)."""
-    head = getattr(model, "head", None)  # a conv head (engine/model/conv_head.py) is the output layer
-    last = head.out.weight if head is not None else model.patch_out.weight
+    critic's current scale. Detached; 0 when the critic gives no gradient (yet). ``last``: that
+    layer's weight (default: the world model's conv head or patch projection)."""
+    if last is None:
+        head = getattr(model, "head", None)  # a conv head (engine/model/conv_head.py) is the output layer
+        last = head.out.weight if head is not None else model.patch_out.weight
     g_rec = torch.autograd.grad(rec, last, retain_graph=True)[0]
     g_adv = torch.autograd.grad(adv, last, retain_graph=True)[0]
     return (g_rec.norm() / (g_adv.norm() + 1e-4)).clamp(max=1e4).detach()
