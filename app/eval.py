@@ -232,17 +232,22 @@ def _start_points(n: int, k: int, starts: int) -> np.ndarray:
     return np.unique(np.linspace(k, n - 1, starts).round().astype(int))
 
 
+def _start_points_row(ep: EvalEpisode, name: str, mode: str, pred: np.ndarray, target: np.ndarray,
+                      wall: float) -> dict[str, Any]:
+    """An episode's row for a mode scored at start points (next-frame, round-trip): one frame each."""
+    curves = _curves(pred, target)
+    return {**episode_row(ep), "predictor": name, "status": "ok", "mode": mode,
+            "frames": len(target), "predict_fps": len(target) / wall, **_scores(curves, slice(None), "@next"),
+            "psnr_curve": [round(float(v), 4) for v in curves["psnr"]]}
+
+
 def score_round_trip(ep: EvalEpisode, round_trip: RoundTrip, starts: int) -> dict[str, Any]:
     """The tokenizer's round trip of the frames next-frame mode predicts."""
     truth = ep.render()
     times = _start_points(len(truth), ep.context_frames, starts)
     start = time.perf_counter()
     pred = round_trip.frames(truth[times])
-    wall = time.perf_counter() - start
-    curves = _curves(pred, truth[times])
-    return {**episode_row(ep), "predictor": round_trip.name, "status": "ok", "mode": "round-trip",
-            "frames": len(times), "predict_fps": len(times) / wall, **_scores(curves, slice(None), "@next"),
-            "psnr_curve": [round(float(v), 4) for v in curves["psnr"]]}
+    return _start_points_row(ep, round_trip.name, "round-trip", pred, truth[times], time.perf_counter() - start)
 
 
 def score_next_frame(ep: EvalEpisode, predictor: Predictor, starts: int, seed: int) -> dict[str, Any]:
@@ -258,10 +263,7 @@ def score_next_frame(ep: EvalEpisode, predictor: Predictor, starts: int, seed: i
         predictor.reset(seed, truth[t - k : t], actions[t - k : t - 1])
         pred.append(predictor.step(actions[t - 1]))
     wall = time.perf_counter() - start
-    curves = _curves(np.stack(pred), truth[times])
-    return {**episode_row(ep), "predictor": predictor.name, "status": "ok", "mode": "next-frame",
-            "frames": len(times), "predict_fps": len(times) / wall, **_scores(curves, slice(None), "@next"),
-            "psnr_curve": [round(float(v), 4) for v in curves["psnr"]]}
+    return _start_points_row(ep, predictor.name, "next-frame", np.stack(pred), truth[times], wall)
 
 
 def _curves(pred: np.ndarray, target: np.ndarray) -> dict[str, np.ndarray]:

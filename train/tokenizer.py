@@ -33,7 +33,7 @@ from engine.tokenizer import Tokenizer, TokenizerConfig, load_tokenizer, save_to
 from eval.metrics import psnr, sharpness
 from train.data import episodes, load_frames, split
 from train.loop import LoopConfig, Trainer, hardware
-from train.world_critic import Critic, adaptive_weight
+from train.world_critic import Critic, CriticTask, adaptive_weight
 from train.world_losses import gradient_difference
 
 DECODER = ("dec_in", "dec", "dec_out")  # the Tokenizer's decoder modules
@@ -68,15 +68,13 @@ class TokenizerArgs:
             raise ValueError("--decoder-only needs --init DIR (the tokenizer whose decoder to fine-tune)")
 
 
-class TokenizerTask:
+class TokenizerTask(CriticTask):
     def __init__(self, train_frames: torch.Tensor, eval_frames: torch.Tensor, batch: int,
                  device: torch.device, keep_stats: bool = False, edge: float = 0.0, adv: float = 0.0,
                  critic_lr: float = 2e-4, seed: int = 0) -> None:
         self.frames = train_frames  # (T, H, W, 3) uint8, CPU
         self.edge, self.adv = edge, adv
-        self.critic = Critic(3, critic_lr, device, seed, pixels=True) if adv > 0 else None
-        self._judged: tuple[torch.Tensor, torch.Tensor] | None = None  # (frames, reconstructions) for the critic
-        self._critic_log = {"critic": 0.0, "critic_gap": 0.0}
+        self.init_critic(Critic(3, critic_lr, device, seed, pixels=True) if adv > 0 else None)
         self.eval_frames = eval_frames
         self.batch = batch
         self.device = device
@@ -101,19 +99,6 @@ class TokenizerTask:
             self._judged = (x.detach(), rec.detach())
             info.update(adv_g=float(adv.detach()), adv_w=float(w), **self._critic_log)
         return loss, info
-
-    # ------------------------------------------------------------------ the critic (StatefulTask)
-    def after_step(self, model: nn.Module) -> None:
-        if self.critic is not None and self._judged is not None:
-            self._critic_log = self.critic.update(*self._judged)
-            self._judged = None
-
-    def state(self) -> dict[str, torch.Tensor]:
-        return {} if self.critic is None else {f"critic.{k}": v for k, v in self.critic.state().items()}
-
-    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
-        if self.critic is not None:
-            self.critic.load_state({k[7:]: v for k, v in tensors.items() if k.startswith("critic.")})
 
     @torch.no_grad()
     def evaluate(self, ema: nn.Module) -> dict[str, float]:

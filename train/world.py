@@ -46,7 +46,7 @@ from engine.tokenizer import WEIGHTS as TOK_WEIGHTS
 from engine.tokenizer import Tokenizer, load_tokenizer
 from train.data import ClipBank, LatentEpisode, load_latent_data
 from train.loop import LoopConfig, Trainer, hardware
-from train.world_critic import Critic, adaptive_weight
+from train.world_critic import Critic, CriticTask, adaptive_weight
 from train.world_losses import (
     absolute_error,
     energy_score,
@@ -212,7 +212,7 @@ def randn(shape: tuple[int, ...], g: torch.Generator, device: torch.device) -> t
     return torch.randn(shape, generator=dev_gen, device=device)
 
 
-class WorldTask:
+class WorldTask(CriticTask):
     def __init__(self, args: WorldArgs, config: EngineConfig, train: list[LatentEpisode],
                  held_out: list[LatentEpisode], tokenizer_dir: Path, device: torch.device,
                  tokenizer: Tokenizer | None = None) -> None:
@@ -231,9 +231,8 @@ class WorldTask:
             self.decoder = net.to(device).eval().requires_grad_(False)
         per_frame = 3 if args.critic_pixels else m.latent_channels
         channels = per_frame * (2 if args.critic_cond else 1)  # + the predecessor, stacked on channels
-        self.critic = Critic(channels, args.critic_lr, device, args.seed, args.critic_pixels) if args.adv > 0 else None
-        self._judged: tuple[torch.Tensor, torch.Tensor] | None = None  # (real, fake) for the critic's step
-        self._critic_log = {"critic": 0.0, "critic_gap": 0.0}  # the last critic step's numbers, logged
+        self.init_critic(Critic(channels, args.critic_lr, device, args.seed, args.critic_pixels) if args.adv > 0
+                         else None, args.critic_steps)
 
     # ------------------------------------------------------------------ batches
     def sample_clips(self, bank: ClipBank, batch: int,
@@ -377,21 +376,6 @@ class WorldTask:
         """(N, C, h, w) normalised latents -> (N, 3, H, W) decoded frames, ~[-1, 1] (gradients flow)."""
         assert self.decoder is not None
         return self.decoder.decode_raw(self.decoder.denormalise(latent))
-
-    # ------------------------------------------------------------------ the critic (StatefulTask)
-    def after_step(self, model: nn.Module) -> None:
-        """The critic's own step, on the real and model frames of the step just taken."""
-        if self.critic is not None and self._judged is not None:
-            for _ in range(self.args.critic_steps):
-                self._critic_log = self.critic.update(*self._judged)
-            self._judged = None
-
-    def state(self) -> dict[str, torch.Tensor]:
-        return {} if self.critic is None else {f"critic.{k}": v for k, v in self.critic.state().items()}
-
-    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
-        if self.critic is not None:
-            self.critic.load_state({k[7:]: v for k, v in tensors.items() if k.startswith("critic.")})
 
     @torch.no_grad()
     def self_forced(self, model: nn.Module, x0: torch.Tensor, actions: torch.Tensor, index: torch.Tensor,

@@ -116,6 +116,35 @@ class Critic:
         self.opt.load_state_dict({"state": state, "param_groups": groups})
 
 
+class CriticTask:
+    """The StatefulTask half of a training task with a critic (``train world --adv``, ``train
+    tokenizer --adv``): the frames a step judged wait in ``_judged`` for the critic's own step,
+    taken after the model's (``after_step``); the critic's weights and moments go into the
+    checkpoint under "critic." and come back on resume. Call ``init_critic`` in ``__init__``."""
+
+    critic: Critic | None
+
+    def init_critic(self, critic: Critic | None, steps: int = 1) -> None:
+        """``critic``: None for a task without one; ``steps``: critic updates per model step."""
+        self.critic, self._critic_steps = critic, steps
+        self._judged: tuple[torch.Tensor, torch.Tensor] | None = None  # (real, fake) for the critic's step
+        self._critic_log = {"critic": 0.0, "critic_gap": 0.0}  # the last critic step's numbers, logged
+
+    def after_step(self, model: nn.Module) -> None:
+        """The critic's own step, on the real and model frames of the step just taken."""
+        if self.critic is not None and self._judged is not None:
+            for _ in range(self._critic_steps):
+                self._critic_log = self.critic.update(*self._judged)
+            self._judged = None
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {} if self.critic is None else {f"critic.{k}": v for k, v in self.critic.state().items()}
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        if self.critic is not None:
+            self.critic.load_state({k[7:]: v for k, v in tensors.items() if k.startswith("critic.")})
+
+
 def adaptive_weight(rec: torch.Tensor, adv: torch.Tensor, model: nn.Module,
                     last: torch.Tensor | None = None) -> torch.Tensor:
     """VQGAN's balance (Esser et al. 2021): |grad rec| / |grad adv| at the model's output layer, so
