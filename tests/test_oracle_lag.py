@@ -46,3 +46,33 @@ def test_unknown_oracle_and_bad_lags_are_refused() -> None:
         oracle_lag.oracle_frames(_truth(20), 5, 15, 10.0, "future", np.random.default_rng(0))
     with pytest.raises(SystemExit):
         oracle_lag.main(["--lags", "0,1", "--out", "unused"])
+
+
+def test_constant_frames_are_encoded_once_and_give_the_same_features() -> None:
+    calls: list[int] = []
+
+    def features(frames: np.ndarray) -> np.ndarray:  # (T, H, W, 3) -> (T, C, h, w)
+        calls.append(len(frames))
+        return frames.astype(np.float64).transpose(0, 3, 1, 2)
+
+    still = np.repeat(_truth(3)[1:2], 7, axis=0)
+    out = oracle_lag.constant_aware(features, still)
+    assert calls == [1] and np.array_equal(out, features(still))
+    moving = _truth(7)
+    assert np.array_equal(oracle_lag.constant_aware(features, moving), features(moving))
+
+
+def test_fd_is_zero_for_the_truth_itself_and_not_for_a_still_frame() -> None:
+    rng = np.random.default_rng(0)
+    fps, rows = 10.0, []
+    for episode in range(3):
+        truth = rng.normal(size=(400, 8, 4, 4))  # features of 40 s of frames
+        still = np.repeat(truth[:1], 400, axis=0)
+        for name, pred in (("truth", truth), ("still", still)):
+            rows.append({"episode": f"e{episode}", "split": "held-out", "predictor": name, "psnr@1s": 1.0,
+                         "fd_stats": oracle_lag.episode_fd_stats(pred, truth, fps, (1, 5, 10, 30))})
+    table = oracle_lag.summarise(rows, ["truth", "still"])["splits"]
+    assert set(table) == {"all", "held-out"}
+    assert abs(table["all"]["truth"]["fd@5s"]) < 1e-6
+    assert table["all"]["still"]["fd@5s"] > 1.0
+    assert "fd@60s" not in table["all"]["truth"]  # no frames that late
