@@ -341,6 +341,26 @@ def test_teacher_forced_clip_equals_cached_steps(tiny: EngineConfig) -> None:
 
 
 # ---------------------------------------------------------------------------- end to end
+@pytest.mark.parametrize("native", [False, True])
+def test_tokenizer_training_autocasts_bf16_only_where_it_is_native(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, native: bool) -> None:
+    """Emulated bf16 made a tokenizer step 11-13x slower on an AVX2-only CPU: the trainer asks
+    the hardware (train.loop.train_autocast), and its checkpoint records the choice."""
+    import train.loop
+    from app.cli import main
+    from world.shards import append_index, write_shard
+
+    monkeypatch.setattr(train.loop, "native_bf16", lambda device: native)
+    data = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    for ep in range(2):
+        frames = rng.integers(0, 255, (30, 120, 160, 3), dtype=np.uint8)
+        append_index(data, write_shard(data, ep, frames, rng.integers(0, 2, (30, 8), dtype=np.uint8), {}))
+    assert main(["train", "tokenizer", "--data", str(data), "--out", str(tmp_path / "tok"), "--steps", "1",
+                 "--batch", "2", "--checkpoint-every", "1"]) == 0
+    assert json.loads((tmp_path / "tok" / "train" / "state.json").read_text())["loop"]["bf16"] is native
+
+
 def test_train_cli_end_to_end(tmp_path: Path) -> None:
     """collect-format shards -> train tokenizer -> train world -> Engine.from_checkpoint plays with
     the trained tokenizer as its decoder; eval's --steps override reaches the sampler."""
@@ -404,6 +424,9 @@ def test_train_cli_end_to_end(tmp_path: Path) -> None:
     s_meta = json.loads((student / "config.json").read_text())["meta"]
     assert s_meta["kind"].startswith("student") and s_meta["teacher"] == str(world) and s_meta["step"] == 1
     assert (student / "train" / "loss.png").is_file() and (student / "tokenizer.safetensors").is_file()
+    from engine.precision import native_bf16
+
+    assert json.loads((student / "train" / "state.json").read_text())["loop"]["bf16"] == native_bf16("cpu")
     # a student is not a flow-matching teacher
     assert main(["train", "distill", "--teacher", str(student), "--data", str(data),
                  "--out", str(tmp_path / "s2"), "--steps", "1"]) == 2

@@ -38,7 +38,7 @@ from engine.config import EngineConfig, SamplerConfig
 from engine.model.dit import DiT
 from engine.sampler import Denoiser, linear_schedule, sample_consistency, sample_euler
 from train.data import LatentEpisode, file_sha, load_latent_data
-from train.loop import LoopConfig, Trainer, hardware
+from train.loop import LoopConfig, Trainer, hardware, train_autocast
 from train.world import WorldArgs, WorldTask, randn
 
 
@@ -262,7 +262,7 @@ def train_distill(args: DistillArgs, progress: bool = True) -> dict[str, float]:
     student.to(device)
     task = DistillTask(args, config, teacher, t_config.sampler.steps, student, train_eps, eval_eps, tok_dir, device)
     loop = LoopConfig(steps=args.steps, lr=args.lr, warmup=100, ema=args.ema, checkpoint_every=args.checkpoint_every,
-                      seed=args.seed, bf16=True)
+                      seed=args.seed, bf16=train_autocast(device))
     meta = {"kind": "student (consistency distillation)", "teacher": str(args.teacher),
             "teacher_sha256": file_sha(Path(args.teacher) / WEIGHTS),
             "teacher_sampler": dataclasses.asdict(t_config.sampler),

@@ -32,6 +32,7 @@ from torch import nn
 from tqdm import tqdm
 
 from engine.config import from_dict
+from engine.precision import native_bf16
 
 STATE = "state.safetensors"
 STATE_JSON = "state.json"
@@ -49,7 +50,7 @@ class LoopConfig:
     betas: tuple[float, ...] = (0.9, 0.99)
     grad_clip: float = 1.0
     ema: float = 0.999  # EMA decay (warmed up: min(ema, (1 + step) / (10 + step)))
-    bf16: bool = True  # autocast the forward in bfloat16
+    bf16: bool = True  # autocast the forward in bfloat16 (trainers pass train_autocast(device))
     checkpoint_every: int = 250
     log_every: int = 10
     seed: int = 0
@@ -94,6 +95,13 @@ class StatefulTask(Task, Protocol):
 
     def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
         ...
+
+
+def train_autocast(device: torch.device | str) -> bool:
+    """Autocast training in bfloat16 only where the hardware multiplies bf16 natively (CUDA; CPUs
+    with AVX-512 BF16 or AMX). Elsewhere bf16 is emulated: a tokenizer step (batch 16, 160x120)
+    took 24.7-25.0 s in bf16 against 1.8-2.2 s in fp32 on a 2-core Zen 3 with AVX2 only."""
+    return native_bf16(str(device))
 
 
 def lr_at(cfg: LoopConfig, step: int, wall_s: float = 0.0) -> float:

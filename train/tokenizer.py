@@ -32,7 +32,7 @@ from torch import nn
 from engine.tokenizer import Tokenizer, TokenizerConfig, load_tokenizer, save_tokenizer, to_uint8, to_unit
 from eval.metrics import psnr, sharpness
 from train.data import episodes, load_frames, split
-from train.loop import LoopConfig, Trainer, hardware
+from train.loop import LoopConfig, Trainer, hardware, train_autocast
 from train.world_critic import Critic, CriticTask, adaptive_weight
 from train.world_losses import gradient_difference
 
@@ -151,7 +151,7 @@ def train_tokenizer(args: TokenizerArgs, progress: bool = True) -> dict[str, flo
         for name, param in net.named_parameters():
             param.requires_grad_(name.split(".")[0] in DECODER)
     loop = LoopConfig(steps=args.steps, lr=args.lr, warmup=100, weight_decay=0.0, ema=0.995,
-                      checkpoint_every=args.checkpoint_every, seed=args.seed, bf16=True,
+                      checkpoint_every=args.checkpoint_every, seed=args.seed, bf16=train_autocast(device),
                       max_seconds=60 * args.max_minutes)
     meta = {"data": str(args.data), "train_episodes": len(train_rows), "train_frames": len(frames),
             "held_out_episodes": [r["episode"] for r in eval_rows], "batch": args.batch,
