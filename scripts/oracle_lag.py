@@ -63,12 +63,6 @@ def oracle_sources(n: int, k: int, horizon: int, fps: float, name: str, rng: np.
     raise ValueError(f"unknown oracle {name!r}")
 
 
-def oracle_frames(truth: np.ndarray, k: int, horizon: int, fps: float, name: str,
-                  rng: np.random.Generator) -> np.ndarray:
-    """The frames an oracle shows for t = k .. k + horizon - 1."""
-    return truth[oracle_sources(len(truth), k, horizon, fps, name, rng)]
-
-
 def constant_aware(features: Any, frames: np.ndarray) -> np.ndarray:
     """``features(frames)``, encoding one frame where all are the same (the baselines)."""
     if np.array_equal(frames, np.broadcast_to(frames[:1], frames.shape)):
@@ -203,6 +197,7 @@ def plot(out: dict[str, Any], lags: list[float], path: Path) -> None:
         axes[1, 0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
 
 if __name__ == "__main__":
     main()

@@ -21,15 +21,15 @@ def _truth(n: int) -> np.ndarray:
 
 
 def test_lag_shows_the_late_frame_and_never_one_before_the_context() -> None:
-    truth, k, fps = _truth(100), 10, 10.0
-    shown = oracle_lag.oracle_frames(truth, k, 90, fps, "lag:0.5", np.random.default_rng(0))[:, 0, 0, 0]
+    n, k, fps = 100, 10, 10.0
+    shown = oracle_lag.oracle_sources(n, k, 90, fps, "lag:0.5", np.random.default_rng(0))
     t = np.arange(k, 100)
     assert np.array_equal(shown, np.maximum(t - 5, k - 1))  # 5 frames late; copy-last until then
 
 
 def test_elsewhere_is_the_same_episode_far_from_t() -> None:
-    truth, k, fps = _truth(250), 10, 10.0
-    shown = oracle_lag.oracle_frames(truth, k, 240, fps, "elsewhere", np.random.default_rng(0))[:, 0, 0, 0]
+    n, k, fps = 250, 10, 10.0
+    shown = oracle_lag.oracle_sources(n, k, 240, fps, "elsewhere", np.random.default_rng(0))
     t = np.arange(k, 250)
     assert np.all(np.abs(shown.astype(int) - t) >= oracle_lag.ELSEWHERE_MIN_S * fps)
     assert len(np.unique(shown)) > 100  # a draw, not one frame
@@ -43,7 +43,7 @@ def test_target_bar_is_copy_last_plus_one_then_the_mean_frame() -> None:
 
 def test_unknown_oracle_and_bad_lags_are_refused() -> None:
     with pytest.raises(ValueError, match="unknown oracle"):
-        oracle_lag.oracle_frames(_truth(20), 5, 15, 10.0, "future", np.random.default_rng(0))
+        oracle_lag.oracle_sources(20, 5, 15, 10.0, "future", np.random.default_rng(0))
     with pytest.raises(SystemExit):
         oracle_lag.main(["--lags", "0,1", "--out", "unused"])
 
