@@ -6,6 +6,10 @@ against a play server's websocket URL on loopback and each returning what it saw
     slow               a client that reads nothing (its frames must be dropped, not queued)
     flood              input at 5x the limit, then as fast as possible until closed
     recording_faults   record on/off in one tick, while paused; a reset mid-recording
+    key_toggle         a key toggled ~90 times a second (must not speed up anyone's world)
+    command_burst      150 record on/off at once, 64 resets after a record (every one answered)
+
+Attacks below the message layer (raw frames, handshakes, routes) are in app/wire.py.
 
 ``hostile_messages`` makes the fuzz corpus (only messages the parser must refuse).
 """
@@ -13,6 +17,7 @@ against a play server's websocket URL on loopback and each returning what it saw
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import json
 import random
@@ -153,12 +158,20 @@ def port_of(url: str) -> int:
 
 
 async def slow(url: str, seconds: float) -> dict[str, Any]:
-    """A client that reads one message and then nothing for ``seconds``, then resets."""
-    dropped = health(url)["frames_dropped"]
+    """A client that reads one message and then nothing for ``seconds`` while asking for stats 50
+    times a second (the replies fill its buffers even when frames are small), then resets. Its
+    frames must be dropped, not queued, and the server's keepalive closes it (``closed_by_server``)."""
+    before = health(url)
     ws = await open_ws(url, rcvbuf=4096, max_queue=1)
-    await asyncio.sleep(seconds)
+    with contextlib.suppress(TimeoutError, ConnectionClosed):
+        async with asyncio.timeout(seconds):  # a send blocks once the server stops reading this client
+            while True:
+                await ws.send(json.dumps({"type": "stats"}))
+                await asyncio.sleep(0.02)
+    after = health(url)
     await drop(ws, "rst")
-    return {"messages": 1, "frames_dropped": health(url)["frames_dropped"] - dropped}
+    return {"messages": 1, "frames_dropped": after["frames_dropped"] - before["frames_dropped"],
+            "closed_by_server": after["sessions"] <= before["sessions"]}
 
 
 async def flood(url: str, seconds: float) -> dict[str, Any]:
@@ -204,3 +217,54 @@ async def recording_faults(url: str) -> dict[str, Any]:
     await asyncio.sleep(1.0)
     await drop(ws, "rst")  # mid-recording
     return {"messages": 7, "empty_recording_frames": empty[1].get("frames")}
+
+
+async def key_toggle(url: str, seconds: float, rate: float = 90.0) -> dict[str, Any]:
+    """A key pressed and released ``rate`` times a second (under the message limit): it must not
+    make anyone's world run faster than the server's FPS (the player's frame rate shows it)."""
+    ws = await open_ws(url)
+    reading = asyncio.create_task(_drain(ws))
+    sent, t0 = 0, time.monotonic()
+    while time.monotonic() < t0 + seconds:
+        sent += 1
+        await ws.send(json.dumps({"type": "input", "seq": sent, "ts": 0.0, "keys": ["KeyW"] if sent % 2 else []}))
+        await asyncio.sleep(1.0 / rate)
+    reading.cancel()
+    await drop(ws, "clean")
+    return {"messages": sent}
+
+
+async def command_burst(url: str, n: int = 150, limit: float = 20.0) -> dict[str, Any]:
+    """``n`` record on/off at once while paused (within the burst limit), then a record before 64
+    resets: every command must get its reply (carried out, or refused with ``busy``)."""
+    ws = await open_ws(url, max_queue=4096)
+    await ws.send(json.dumps({"type": "pause", "paused": True}))
+    await until(ws, "paused")
+    for i in range(n):
+        await ws.send(json.dumps({"type": "record", "on": i % 2 == 0}))
+    replies = refused = 0
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(limit):
+            while replies < n:
+                msg = await ws.recv()
+                if isinstance(msg, str) and (obj := json.loads(msg))["type"] in ("recording", "error"):
+                    replies += 1
+                    refused += obj.get("code") == "busy"
+    await ws.send(json.dumps({"type": "record", "on": False}))
+    await ws.send(json.dumps({"type": "record", "on": True}))
+    for i in range(64):
+        await ws.send(json.dumps({"type": "reset", "seed": i}))
+    started = False
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(limit):
+            while not started:
+                msg = await ws.recv()
+                started = isinstance(msg, str) and '"state": "started"' in msg
+    await drop(ws, "rst")
+    return {"messages": n + 66, "unanswered": n - replies, "refused_busy": refused, "record_after_resets": started}
+
+
+async def _drain(ws: ClientConnection) -> None:
+    with contextlib.suppress(ConnectionClosed):
+        async for _ in ws:
+            pass

@@ -379,6 +379,12 @@ def _play_parsers(sub: argparse._SubParsersAction) -> None:
                    help="draft up to K frames ahead while a player holds an action, in time left between "
                         "ticks; a draft for the action that comes is shown at once (default: 0, off)")
     p.add_argument("--hold", type=int, default=1, help="ticks an action is held before it is drafted (default: 1)")
+    p.add_argument("--keepalive", type=float, default=20.0, metavar="SECONDS",
+                   help="close a connection that answers no ping for this long, e.g. a client that stopped "
+                        "reading; its slot is free again (default: 20)")
+    p.add_argument("--allow-origin", dest="allow_origins", action="append", default=[], metavar="ORIGIN",
+                   help="a browser origin besides the page's own that may open the play socket, e.g. "
+                        "https://example.org:8443 ('*': any); repeatable (default: the page's own only)")
     p.add_argument("--no-preempt", dest="preempt", action="store_false",
                    help="finish a frame whose key changed while it was made, before the new key's frame (default: "
                         "abandon it between model blocks and make the new key's frame at once)")
@@ -411,7 +417,8 @@ def _play_parsers(sub: argparse._SubParsersAction) -> None:
     k.add_argument("--churn", type=int, default=100, help="connections opened and dropped (default: 100)")
     k.add_argument("--phase-seconds", type=float, default=20.0, help="before/flood/after phases (default: 20)")
     k.add_argument("--slow-seconds", type=float, default=30.0, help="how long the slow client reads nothing "
-                   "(default: 30; the server's keepalive closes a silent client after about 40 s)")
+                   "(default: 30; the server's keepalive closes a silent client after --keepalive seconds)")
+    k.add_argument("--keepalive", type=float, default=20.0, help="the server's --keepalive (default: 20)")
     k.add_argument("--memory-seconds", type=float, default=300.0, help="the long recorded run (default: 300)")
     k.add_argument("--fps", type=float, default=17.5, help="the server's frames per second per session")
     k.add_argument("--seed", type=int, default=0)
@@ -663,7 +670,8 @@ def _play(args: argparse.Namespace) -> int:
         spec = dataclasses.replace(spec, threads=serving_threads())
     serve(ServeArgs(host=args.host, port=args.port, token=args.token, max_sessions=args.max_sessions,
                     fps=args.fps, recordings=args.recordings, seed=args.seed, start=args.start,
-                    speculate=args.speculate, hold=args.hold, preempt=args.preempt), spec)
+                    speculate=args.speculate, hold=args.hold, preempt=args.preempt, keepalive=args.keepalive,
+                    allow_origins=tuple(args.allow_origins)), spec)
     return 0
 
 

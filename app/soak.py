@@ -1,6 +1,6 @@
 """``worldstream soak``: a bounded hostile-client campaign against a play server it starts itself.
 
-    worldstream soak --preset tiny --short          # the configuration `make test` runs (~40 s)
+    worldstream soak --preset tiny --short          # the configuration `make test` runs (~90 s)
     worldstream soak --memory-seconds 600           # the full campaign on the bundled model
 
 The server is ``worldstream play`` in a child process on 127.0.0.1 and a free port (loopback only:
@@ -12,18 +12,24 @@ campaign; its frame rate is measured before, during each phase and after. Phases
     slow       a client that stops reading frames (its frames must be dropped, not queued)
     flood      a client sending input as fast as it can (rate-limited)
     recording  record on/off in one tick, while paused, a disconnect mid-recording
+    keys, commands                 a key toggled ~90/s; 150 record toggles and 64 resets at once
+    fragments, pings, silent, ...  below the message layer (app/wire.py), with and without the token
     memory     the player records for a long run; server RSS sampled throughout
 
-It prints a table (``--json``: the numbers) and exits 1 if the server crashed, a session was
-lost, a recording does not decode, or the server logged a traceback.
+The server runs with a token (the player and most attackers know it; some do not) and the player
+records every attack phase; that recording is replayed and must come out identical.
+It prints a table (``--json``: the numbers) and exits 1 if an invariant broke (``failures`` says which).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import json
+import os
 import re
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -36,7 +42,20 @@ import av
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from app.attacks import churn, drop, flood, fuzz, hostile_messages, open_ws, recording_faults, slow
+from app import wire
+from app.attacks import (
+    churn,
+    command_burst,
+    drop,
+    flood,
+    fuzz,
+    hostile_messages,
+    key_toggle,
+    open_ws,
+    recording_faults,
+    slow,
+)
+from app.record import RecordArgs, run_record
 
 
 @dataclass(frozen=True)
@@ -52,6 +71,7 @@ class SoakArgs:
     seed: int = 0
     json: bool = False
     compile: bool = False  # play's background compile (off: its minutes of compiling would be measured)
+    keepalive: float = 20.0  # the server's --keepalive (a silent client is closed after about this long)
 
     def __post_init__(self) -> None:
         if self.model is not None and self.preset is not None:
@@ -62,10 +82,16 @@ class SoakArgs:
             raise ValueError("--phase-seconds and --slow-seconds must be in 1..3600")
         if not 1 <= self.memory_seconds <= 86400:
             raise ValueError("--memory-seconds must be in 1..86400")
+        if not 1 <= self.keepalive <= 600:
+            raise ValueError("--keepalive must be in 1..600")
 
 
 # Tiny frames are ~0.8 KB: at 30 FPS a silent client fills its buffers within the slow phase.
-SHORT = dict(fuzz=300, churn=12, phase_seconds=3.0, slow_seconds=10.0, memory_seconds=5.0, fps=30.0)
+# The keepalive closes the slow reader once its buffers are full (~8 s here) and it has lost frames.
+SHORT = dict(fuzz=300, churn=12, phase_seconds=3.0, slow_seconds=13.0, memory_seconds=5.0, fps=30.0, keepalive=10.0)
+RSS_GROWTH_MB = 50.0  # issue #38: an attack below the message layer may grow the server's RSS by less than this
+WIRE = {"keys toggled 90/s", "command burst", "fragments", "fragments, wrong token", "pings, never reading",
+        "pings, wrong token", "2 silent clients", "foreign origin", "invalid UTF-8", "routes"}
 
 
 @dataclass
@@ -74,6 +100,7 @@ class Player:
 
     ws: ClientConnection
     frames: list[float] = field(default_factory=list)  # arrival times
+    recordings: list[tuple[float, dict[str, Any]]] = field(default_factory=list)  # (arrival, recording message)
     lost: bool = False
 
     async def run(self) -> None:
@@ -83,6 +110,8 @@ class Player:
             async for msg in self.ws:
                 if isinstance(msg, str) and msg.startswith('{"type": "frame"'):
                     self.frames.append(time.monotonic())
+                elif isinstance(msg, str) and msg.startswith('{"type": "recording"'):
+                    self.recordings.append((time.monotonic(), json.loads(msg)))
                 if time.monotonic() - last > 0.3:
                     seq, last = seq + 1, time.monotonic()
                     await self.ws.send(json.dumps({"type": "input", "seq": seq, "ts": 0.0,
@@ -102,14 +131,17 @@ class Server:
         model = ["--preset", args.preset] if args.preset else (["--model", args.model] if args.model else [])
         cmd = [sys.executable, "-m", "app.cli", "play", "--host", "127.0.0.1", "--port", "0", "--max-sessions", "2",
                "--fps", str(args.fps), "--recordings", str(recordings), *model,
-               "--compile" if args.compile else "--no-compile"]
+               "--compile" if args.compile else "--no-compile", "--keepalive", str(args.keepalive)]
+        self.token = secrets.token_hex(8)
         self._log = open(log, "w")  # closed in stop()
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, text=True,
-                                     cwd=Path(__file__).resolve().parents[1])
+                                     cwd=Path(__file__).resolve().parents[1],
+                                     env={**os.environ, "WORLDSTREAM_TOKEN": self.token})  # not on the command line
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             if m := re.search(r"serving .* at http://127\.0\.0\.1:(\d+)/", line):
-                self.url = f"ws://127.0.0.1:{m.group(1)}/ws"
+                self.port = int(m.group(1))
+                self.url = f"ws://127.0.0.1:{self.port}/ws?token={self.token}"
                 return
         raise RuntimeError(f"the play server did not start; its log: {log}")
 
@@ -148,13 +180,27 @@ async def campaign(args: SoakArgs, server: Server, recordings: Path) -> dict[str
     task = asyncio.create_task(player.run())
     rows: list[dict[str, Any]] = []
     rss_start = server.rss_mb()
+    port, path, wrong = server.port, f"/ws?token={server.token}", "/ws?token=wrong-token"
 
     async def phase(name: str, work: Any) -> None:
+        rss0, peak, done = server.rss_mb(), [server.rss_mb()], asyncio.Event()
+
+        async def sample() -> None:
+            while not done.is_set():
+                peak.append(server.rss_mb())
+                await asyncio.sleep(0.1)
+
+        sampler = asyncio.create_task(sample())
         t0 = time.monotonic()
         result = await work
         t1 = time.monotonic()
-        rows.append({"phase": name, **result, "player_fps": round(player.fps(t0, t1), 2),
-                     "seconds": round(t1 - t0, 1), "server_alive": server.proc.poll() is None})
+        done.set()
+        await sampler
+        await asyncio.sleep(0.5)  # what the attack left behind, once it is over
+        fps = round(player.fps(t0, t1), 2) if t1 - t0 >= 1.0 else None  # shorter: a few frames, noise
+        rows.append({"phase": name, **result, "player_fps": fps,
+                     "seconds": round(t1 - t0, 1), "server_alive": server.proc.poll() is None,
+                     "rss_mb_growth": round(max(peak) - rss0, 1), "rss_mb_left": round(server.rss_mb() - rss0, 1)})
 
     async def companion(seconds: float) -> dict[str, Any]:
         """A second well-behaved player: the baseline every attack phase is compared with
@@ -166,14 +212,30 @@ async def campaign(args: SoakArgs, server: Server, recordings: Path) -> dict[str
         await drop(other.ws, "clean")
         return {"messages": 0}
 
+    def thread(fn: Any, *a: Any) -> Any:
+        return asyncio.to_thread(fn, *a)
+
+    await player.ws.send(json.dumps({"type": "record", "on": True}))  # the player records every attack
     await phase("before (2 players)", companion(args.phase_seconds))
     await phase("fuzz", fuzz(server.url, hostile_messages(args.fuzz, args.seed)))
     await phase("churn", churn(server.url, args.churn))
     await phase("slow reader", slow(server.url, args.slow_seconds))
     await phase("flood", flood(server.url, args.phase_seconds))
     await phase("recording", recording_faults(server.url))
+    await phase("keys toggled 90/s", key_toggle(server.url, args.phase_seconds))
+    await phase("command burst", command_burst(server.url))
+    await phase("fragments", thread(wire.fragments, port, args.phase_seconds, path))
+    await phase("fragments, wrong token", thread(wire.fragments_unauthorised, port, args.phase_seconds, wrong))
+    await phase("pings, never reading", thread(wire.pings, port, args.phase_seconds, path))
+    await phase("pings, wrong token", thread(wire.pings, port, args.phase_seconds, wrong))
+    await phase("2 silent clients", thread(wire.silent, port, 2, args.keepalive + 15.0, path))
+    await phase("foreign origin", thread(wire.foreign, port, path))
+    await phase("invalid UTF-8", thread(wire.invalid_utf8, port, path))
+    await phase("routes", thread(routes, port, server.token, recordings))
     await phase("after (2 players)", companion(args.phase_seconds))
+    await player.ws.send(json.dumps({"type": "record", "on": False}))
     rss_mid = server.rss_mb()
+    await asyncio.sleep(1.0)
     await player.ws.send(json.dumps({"type": "record", "on": True}))
     rss = [rss_mid]
 
@@ -195,7 +257,78 @@ async def campaign(args: SoakArgs, server: Server, recordings: Path) -> dict[str
     good, total = check_recordings(recordings)
     return {"phases": rows, "rss_mb_start": round(rss_start, 1), "rss_mb_after_attacks": round(rss_mid, 1),
             "rss_mb_end": round(server.rss_mb(), 1), "sessions_lost": int(lost),
-            "recordings_ok": good, "recordings": total}
+            "recordings_ok": good, "recordings": total, "player_recording": player_recording(player, recordings, args)}
+
+
+def routes(port: int, token: str, recordings: Path) -> dict[str, Any]:
+    """wire.routes, and HEAD on a recording (answered as GET is: 200)."""
+    result = wire.routes(port, token)
+    name = next((p.name for p in recordings.glob("*.mp4")), "0" * 32 + ".mp4")
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("HEAD", f"/recordings/{name}?token={token}")
+    result["head_recording"] = conn.getresponse().status
+    conn.close()
+    return result
+
+
+def player_recording(player: Player, recordings: Path, args: SoakArgs) -> dict[str, Any]:
+    """The player's recording of the attack phases: its frames against its wall time (the world
+    clock), and a replay that must regenerate every frame identically."""
+    started = next(((t, m) for t, m in player.recordings if m.get("state") == "started"), None)
+    stopped = next(((t, m) for t, m in player.recordings if m.get("state") == "stopped"), None)
+    if started is None or stopped is None:
+        return {"found": False}
+    out: dict[str, Any] = {"found": True, "frames": stopped[1]["frames"], "wall_s": round(stopped[0] - started[0], 1),
+                           "fps": args.fps}
+    actions = recordings / f"{stopped[1]['id']}.actions.jsonl"
+    with tempfile.TemporaryDirectory() as tmp:
+        r = run_record(RecordArgs(replay=str(actions), out=str(Path(tmp) / "replay.mp4")))
+    out.update(replay_identical=r["identical"], replay_mismatched=r["mismatched"], exact=r["exact"])
+    return out
+
+
+def failures(r: dict[str, Any], args: SoakArgs) -> list[str]:
+    """Every invariant the campaign checks that did not hold (empty: all held)."""
+    p = {row["phase"]: row for row in r["phases"]}
+    bad = []
+    if r["server_crashed"] or not all(row["server_alive"] for row in r["phases"]):
+        bad.append("the server crashed")
+    if r["server_tracebacks"]:
+        bad.append(f"{r['server_tracebacks']} tracebacks in the server log")
+    if r["sessions_lost"]:
+        bad.append("the player's session was lost")
+    if r["fuzz_unanswered"]:
+        bad.append(f"{r['fuzz_unanswered']} fuzzed messages unanswered")
+    if r["recordings_ok"] != r["recordings"]:
+        bad.append(f"{r['recordings'] - r['recordings_ok']} recordings do not decode complete")
+    rec = r["player_recording"]
+    if not rec.get("found") or not rec["exact"]:
+        bad.append(f"the player's recording does not replay exactly: {rec}")
+    elif rec["frames"] > rec["wall_s"] * args.fps * 1.05 + 2:
+        bad.append(f"the world ran fast: {rec['frames']} frames in {rec['wall_s']} s at {args.fps} FPS")
+    if (p["keys toggled 90/s"]["player_fps"] or 0) > args.fps * 1.1 + 1:
+        bad.append(f"key toggling sped the player's world up to {p['keys toggled 90/s']['player_fps']} FPS")
+    if p["command burst"]["unanswered"] or not p["command burst"]["record_after_resets"]:
+        bad.append(f"commands dropped silently: {p['command burst']}")
+    if p["fragments"]["closed_after_s"] is None or p["fragments"]["close_code"] != 1008:
+        bad.append(f"endless fragments were not closed: {p['fragments']}")
+    if p["fragments, wrong token"]["longest_connection_s"] > 5:
+        bad.append(f"an unauthorised connection lived too long: {p['fragments, wrong token']}")
+    if args.slow_seconds > args.keepalive + 3 and not p["slow reader"]["closed_by_server"]:
+        bad.append(f"the slow reader was not closed within {args.slow_seconds} s (keepalive {args.keepalive} s)")
+    freed = p["2 silent clients"]["freed_after_s"]
+    if freed is None or freed > args.keepalive + 5:
+        bad.append(f"silent clients held their slots {freed} s (keepalive {args.keepalive} s)")
+    if (p["foreign origin"]["foreign_origin"], p["foreign origin"]["rebound_name"]) != (403, 403):
+        bad.append(f"a foreign origin was let in: {p['foreign origin']}")
+    if p["invalid UTF-8"]["close_code"] != 1007:
+        bad.append(f"invalid UTF-8 was not closed with 1007: {p['invalid UTF-8']}")
+    if p["routes"]["not_404"] or p["routes"]["head_recording"] != 200:
+        bad.append(f"routes: {p['routes']}")
+    for row in r["phases"]:
+        if row["phase"] in WIRE and row["rss_mb_growth"] >= RSS_GROWTH_MB:
+            bad.append(f"{row['phase']}: server RSS grew {row['rss_mb_growth']} MB")
+    return bad
 
 
 def run_soak(args: SoakArgs) -> dict[str, Any]:
@@ -213,25 +346,38 @@ def run_soak(args: SoakArgs) -> dict[str, Any]:
     result.update(server_start_s=round(start_s, 1), server_crashed=crashed,
                   server_tracebacks=text.count("Traceback"), fuzz_unanswered=next(
                       r["messages"] - r["errors"] for r in result["phases"] if r["phase"] == "fuzz"))
-    result["ok"] = (not crashed and result["sessions_lost"] == 0 and result["server_tracebacks"] == 0
-                    and result["recordings_ok"] == result["recordings"] and result["fuzz_unanswered"] == 0)
+    result["failures"] = failures(result, args)
+    result["ok"] = not result["failures"]
+    result["refusals_logged"] = sum("refused" in line or "closed:" in line for line in text.splitlines())
     if result["server_tracebacks"]:
         result["server_log_tail"] = text[-2000:]
     return result
 
 
 def format_table(r: dict[str, Any]) -> str:
-    lines = ["| phase | messages | player FPS | seconds | server up | details |", "|---|---|---|---|---|---|"]
+    lines = ["| phase | messages | player FPS | vs before | seconds | RSS MB +peak / +left | server up | details |",
+             "|---|---|---|---|---|---|---|---|"]
+    base = r["phases"][0]["player_fps"] or float("nan")
+    shown = ("phase", "messages", "player_fps", "seconds", "server_alive", "rss_mb_growth", "rss_mb_left")
     for p in r["phases"]:
-        extra = {k: v for k, v in p.items() if k not in ("phase", "messages", "player_fps", "seconds", "server_alive")}
-        lines.append(f"| {p['phase']} | {p['messages']} | {p['player_fps']:.1f} | {p['seconds']} | "
+        extra = {k: v for k, v in p.items() if k not in shown}
+        fps = "–" if p["player_fps"] is None else f"{p['player_fps']:.1f} | {p['player_fps'] / base:.0%}"
+        lines.append(f"| {p['phase']} | {p['messages']} | {fps if '|' in fps else fps + ' | –'} | "
+                     f"{p['seconds']} | {p['rss_mb_growth']:+.1f} / {p['rss_mb_left']:+.1f} | "
                      f"{'yes' if p['server_alive'] else 'NO'} | {', '.join(f'{k}={v}' for k, v in extra.items())} |")
     lines.append("")
+    rec = r["player_recording"]
+    if rec.get("found"):
+        lines.append(f"player's recording of the attacks: {rec['frames']} frames in {rec['wall_s']} s at "
+                     f"{rec['fps']:g} FPS; replay: {rec['replay_identical']} identical, {rec['replay_mismatched']} "
+                     f"different")
     lines.append(f"server crashed: {r['server_crashed']}; tracebacks logged: {r['server_tracebacks']}; sessions lost: "
                  f"{r['sessions_lost']}; fuzz messages unanswered: {r['fuzz_unanswered']}")
     lines.append(f"RSS MB: start {r['rss_mb_start']}, after attacks {r['rss_mb_after_attacks']}, "
                  f"end {r['rss_mb_end']}; "
                  f"recordings that decode complete: {r['recordings_ok']}/{r['recordings']}; "
                  f"server start {r['server_start_s']} s")
+    lines.append(f"refusals logged (one line each): {r['refusals_logged']}")
+    lines += [f"FAILED: {f}" for f in r["failures"]]
     lines.append("verdict: " + ("OK" if r["ok"] else "FAILED"))
     return "\n".join(lines)

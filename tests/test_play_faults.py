@@ -19,10 +19,11 @@ from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from app.cli import main
+from app.play.connection import Connection
 from app.play.listen import bind
 from app.play.protocol import ProtocolError, parse
 from app.play.recorder import EventLog, Recorder, event_reset, event_step, read_events
-from app.play.server import CLOSE_ERROR, CLOSE_POLICY, Connection, ServeArgs, create_app
+from app.play.server import CLOSE_ERROR, CLOSE_POLICY, ServeArgs, create_app
 from app.play.session import FrameOut, Plan, PlaySession, Tick
 from engine.action import Action
 from tests.conftest import TINY, MakeClient

@@ -31,4 +31,5 @@ def test_soak_short_campaign_holds() -> None:
     assert phases["flood"]["blast_closed"].startswith("1008")
     assert r["recordings"] >= 6 and r["recordings_ok"] == r["recordings"]
     base = phases["before"]["player_fps"]
-    assert all(p["player_fps"] >= 0.5 * base and p["server_alive"] for p in r["phases"]), r["phases"]
+    assert all(p["player_fps"] is None or p["player_fps"] >= 0.5 * base for p in r["phases"]), r["phases"]
+    assert all(p["server_alive"] for p in r["phases"])

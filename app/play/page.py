@@ -17,9 +17,14 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 import gradio as gr
 
 from app.play.controls import KEY_TO_BUTTON, KEYS, PAD_LABELS
+from app.play.gate import Routes
 from engine.action import BUTTONS
 
 WEB = Path(__file__).with_name("web")
+# What the page loads from Gradio (GET only; seen in Chromium, tests/test_browser.py): the play server
+# serves nothing else of Gradio's (app/play/gate.py), so no upload, proxy, file or queue route is reachable.
+PAGE_ROUTES = Routes(exact=frozenset({"/", "/config", "/theme.css", "/favicon.ico", "/manifest.json", "/robots.txt"}),
+                     prefixes=("/assets/", "/static/"))
 KEY_LABELS = {"ArrowUp": "↑", "ArrowDown": "↓", "ArrowLeft": "←", "ArrowRight": "→", "Space": "Space",
               "ControlLeft": "Ctrl", "ControlRight": "Ctrl R"}
 

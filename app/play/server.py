@@ -18,7 +18,6 @@ own cache slots): the event loop never computes, and a slow client only loses it
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import dataclasses
 import json
@@ -32,13 +31,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from fastapi import FastAPI, HTTPException, Request, WebSocket
+from fastapi import FastAPI, HTTPException, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse, JSONResponse
 
 from app.engine_spec import EngineSpec
-from app.play.protocol import Input, Pause, ProtocolError, RateLimit, Record, Reset, Stats, parse
+from app.play.connection import CLOSE_POLICY, Connection
+from app.play.gate import Gate, Origins, Routes
+from app.play.protocol import Input
 from app.play.recorder import check_writable_dir
-from app.play.session import FrameOut, Plan, PlaySession, SessionInfo, Tick
+from app.play.refusals import Refusals
+from app.play.session import Plan, PlaySession, SessionInfo, Tick
 from app.scenes import SceneStarter, available_starts, resolve_start
 from engine.action import NOOP, Action
 from engine.decoder import StandInDecoder
@@ -49,13 +51,12 @@ from engine.types import Frame
 
 log = logging.getLogger("worldstream.server")
 T = TypeVar("T")
-CLOSE_POLICY = 1008  # wrong or missing token; an input flood (app/play/protocol.py RateLimit)
 CLOSE_FULL = 1013  # "try again later": the server is full
 CLOSE_ERROR = 1011  # the server failed (details in its log, never sent)
-MAX_PENDING = 256  # control messages queued for a client that does not read
 SEND_BUFFER = 64 * 1024  # kernel send buffer per connection (Linux doubles it): ~1 s of 160x120 JPEGs
 RECORDING_NAME = re.compile(r"^([0-9a-f]{32})\.(mp4|actions\.jsonl|meta\.json)$")
 MEDIA = {"mp4": "video/mp4", "actions.jsonl": "application/x-ndjson", "meta.json": "application/json"}
+ROUTES = Routes(exact=frozenset({"/healthz"}), prefixes=("/recordings/",))  # the page's: app/play/page.py
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,8 @@ class ServeArgs:
     speculate: int = 0  # frames drafted ahead while a player holds an action (0 = off)
     hold: int = 1  # ticks an action is held before drafting
     preempt: bool = True  # a key change mid-step abandons the stale step (engine/preempt.py)
+    keepalive: float = 20.0  # a connection that answers no ping for this long is closed (app/play/guard.py)
+    allow_origins: tuple[str, ...] = ()  # browser origins besides the page's own that may open /ws (app/play/gate.py)
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_sessions <= 64:
@@ -88,6 +91,9 @@ class ServeArgs:
             raise ValueError("--port must be in 0..65535")
         if not 0 <= self.speculate <= 8 or self.hold < 1:
             raise ValueError("--speculate must be in 0..8 and --hold >= 1")
+        if not 1.0 <= self.keepalive <= 3600.0:
+            raise ValueError("--keepalive must be in 1..3600 seconds")
+        Origins(self.host, self.allow_origins)  # a malformed --allow-origin fails here, in one line
 
 
 class CpuMeter:
@@ -198,9 +204,18 @@ class Hub:
 
     async def _ticks(self) -> None:
         """Every 1/fps: one engine call steps every playing session (paused ones only apply
-        their commands); then, if the next tick is not due yet, draft held actions."""
+        their commands); then, if the next tick is not due yet, draft held actions.
+
+        The world clock is this clock: tick k is due at slot s_k = s_0 + k/fps (later if the engine
+        is behind; it never catches up in a burst). A key change may bring the next tick forward,
+        but never before the previous tick's slot, so whatever clients send, a session makes at most
+        one frame more than ``seconds x fps`` (a recording's frames / fps is its wall time)::
+
+            slots     s_k          s_k+1          s_k+2
+            ticks      |  key ->|    .       key ->|   (second change waits for s_k+1)
+        """
         period = 1.0 / self.args.fps
-        next_t = time.monotonic()
+        next_t = time.monotonic()  # the next tick's slot
         while self.active:
             conns = list(self.active)
             for c in conns:
@@ -210,15 +225,15 @@ class Hub:
                 c.deliver(r)
             if time.monotonic() > next_t + period:
                 self.late_ticks += 1
-            next_t = max(next_t + period, time.monotonic())
+            earliest, next_t = next_t, max(next_t + period, time.monotonic())
             playing = [c.session.engine for c in self.active if not c.paused]
             # Idle until the next tick: draft what players hold (a draft may run into that tick,
             # which then waits for it; behind schedule, nothing is drafted).
             while self.scheduler.speculate and playing and time.monotonic() < next_t:
                 if not await self.run(self.scheduler.draft, playing, self._keys_changed if self.args.preempt else None):
                     break
-            if await self._idle(next_t):  # a player changed keys: their frame now, not at the next tick
-                next_t = time.monotonic()
+            await asyncio.sleep(max(0.0, earliest - time.monotonic()))  # no tick before the last one's slot
+            await self._idle(next_t)  # a player changed keys: the next tick now, not at its slot
 
     def _keys_changed(self) -> bool:
         """A playing session's action differs from its last frame's (a draft in flight is stale)."""
@@ -289,112 +304,6 @@ class Hub:
                 "frames_dropped": self.frames_dropped}
 
 
-class Connection:
-    """One websocket: a receive loop (input, commands), a producer making frames at the session's
-    FPS, and one sender. Frames pass through a one-frame mailbox: a client that reads slower than
-    frames are made gets the newest frame and misses the others (memory stays bounded, and its
-    pace slows neither its own world nor anyone else's). Control messages queue, at most
-    ``MAX_PENDING`` (beyond that the oldest are dropped and counted)."""
-
-    def __init__(self, ws: WebSocket, hub: Hub, session: PlaySession) -> None:
-        self.ws, self.hub, self.session = ws, hub, session
-        self.paused = False
-        self.ready = asyncio.Event()  # something to send
-        self.limit = RateLimit(hub.args.rate_limit, 2 * hub.args.rate_limit)
-        self.told = False  # the pause state last acknowledged to the client
-        self.failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.outbox: collections.deque[str] = collections.deque()
-        self.latest: FrameOut | None = None
-        self.frames_dropped = 0
-        self.messages_dropped = 0
-
-    def post(self, tick: Tick) -> None:
-        for m in tick.messages:
-            if len(self.outbox) >= MAX_PENDING:
-                self.outbox.popleft()
-                self.messages_dropped += 1
-            self.outbox.append(m)
-        if tick.frame is not None:
-            old, self.latest = self.latest, tick.frame
-            if old is not None:  # never sent: the client is behind
-                self.frames_dropped += 1
-                self.hub.frames_dropped += 1
-                if old.meta["seq"] is not None and tick.frame.meta["seq"] is None:  # keep the input's echo
-                    tick.frame.meta.update(seq=old.meta["seq"], ts=old.meta["ts"])
-        self.ready.set()
-
-    def error(self, message: str) -> None:
-        self.post(Tick([json.dumps({"type": "error", "message": message})]))
-
-    async def sender(self) -> None:
-        """The only task that writes to the socket (a frame's meta and JPEG stay adjacent)."""
-        while True:
-            await self.ready.wait()
-            self.ready.clear()
-            while self.outbox:
-                await self.ws.send_text(self.outbox.popleft())
-            frame, self.latest = self.latest, None
-            if frame is not None:
-                await self.ws.send_text(json.dumps(frame.meta))
-                await self.ws.send_bytes(frame.jpeg)
-
-    async def frames(self) -> None:
-        """The session's first frame, then the hub's tick loop makes the others; returns (with
-        the error) only if the engine failed for this session."""
-        self.post(await self.hub.run(self.session.start, self.hub.args.seed))
-        self.hub.attach(self)
-        await self.failed
-
-    def acknowledge_pause(self) -> None:
-        """Called by the tick loop before a tick: after "paused: true" no stepped frame comes."""
-        if self.paused != self.told:
-            self.told = self.paused
-            self.post(Tick([json.dumps({"type": "paused", "paused": self.told})]))
-
-    def deliver(self, result: Tick | BaseException) -> None:
-        if isinstance(result, BaseException):
-            self.hub.detach(self)
-            if not self.failed.done():
-                self.failed.set_exception(result)
-        else:
-            self.post(result)
-
-    async def receive(self) -> None:
-        while True:
-            msg = await self.ws.receive()
-            if msg["type"] == "websocket.disconnect":
-                return
-            if not self.limit.allow():
-                if self.limit.abusive:
-                    log.warning("session %s: closed for an input flood (%d messages dropped)", self.session.id,
-                                self.limit.dropped)
-                    await self.ws.close(CLOSE_POLICY, "input flood")
-                    return
-                if self.limit.should_warn():
-                    self.error(f"too many messages: limit {self.limit.rate:.0f}/s; {self.limit.dropped} dropped so far")
-                continue
-            try:
-                m = parse(msg.get("text") if msg.get("text") is not None else msg.get("bytes"))
-            except ProtocolError as e:
-                self.error(str(e))
-                continue
-            if isinstance(m, Input):
-                if self.session.set_input(m):
-                    self.hub.input_changed.set()
-            elif isinstance(m, Reset | Record):
-                self.session.command(m)  # applied by the next tick (paused or not)
-            elif isinstance(m, Pause):
-                self.paused = m.paused  # the tick loop acknowledges it once the tick in flight is done
-            elif isinstance(m, Stats):
-                h = self.hub.health()
-                stats = self.session.stats(sessions=h["sessions"], max_sessions=h["max_sessions"],
-                                           server_cpu_cores=h["server_cpu_cores"], queue_depth=h["queue_depth"],
-                                           paused=self.paused, dropped_messages=self.limit.dropped,
-                                           frames_dropped=self.frames_dropped,
-                                           replies_dropped=self.messages_dropped, compile=h["compile"])
-                self.post(Tick([json.dumps(stats)]))
-
-
 def create_app(args: ServeArgs, spec: EngineSpec, page: bool = True) -> FastAPI:
     hub = Hub(args, spec)
     app = FastAPI(title="worldstream", docs_url=None, redoc_url=None, openapi_url=None)
@@ -409,7 +318,7 @@ def create_app(args: ServeArgs, spec: EngineSpec, page: bool = True) -> FastAPI:
     async def healthz() -> JSONResponse:
         return JSONResponse(hub.health())
 
-    @app.get("/recordings/{name}")
+    @app.api_route("/recordings/{name}", methods=["GET", "HEAD"])
     async def recording(name: str, request: Request) -> FileResponse:
         if not authorised(request.query_params.get("token")):
             raise HTTPException(403, "missing or wrong token")
@@ -421,19 +330,29 @@ def create_app(args: ServeArgs, spec: EngineSpec, page: bool = True) -> FastAPI:
             raise HTTPException(404, "no such recording")
         return FileResponse(path, media_type=MEDIA[m.group(2)], filename=f"worldstream-{name}")
 
+    refusals = Refusals(log)
+
+    async def refuse(ws: WebSocket, code: str, message: str, close: int, reason: str) -> None:
+        """An error message, then the close; a client already gone is not an error."""
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+            await ws.send_text(json.dumps({"type": "error", "code": code, "message": message}))
+            await ws.close(close, reason)
+
     @app.websocket("/ws")
     async def play(ws: WebSocket) -> None:
-        await ws.accept()
+        try:
+            await ws.accept()
+        except (WebSocketDisconnect, RuntimeError, OSError):  # gone during the handshake
+            return
         if not authorised(ws.query_params.get("token")):
-            await ws.send_text(json.dumps({"type": "error", "code": "unauthorised",
-                                           "message": "missing or wrong token"}))
-            await ws.close(CLOSE_POLICY, "missing or wrong token")
+            refusals.log("token", "refused a websocket from %s: missing or wrong token", _client(ws))
+            await refuse(ws, "unauthorised", "missing or wrong token", CLOSE_POLICY, "missing or wrong token")
             return
         session = await hub.run(hub.open)
         if session is None:
             message = f"server full: {args.max_sessions} sessions are playing; try again later"
-            await ws.send_text(json.dumps({"type": "error", "code": "server_full", "message": message}))
-            await ws.close(CLOSE_FULL, "server full")
+            refusals.log("full", "refused a websocket from %s: %s", _client(ws), message, level=logging.INFO)
+            await refuse(ws, "server_full", message, CLOSE_FULL, "server full")
             return
         conn = Connection(ws, hub, session)
         w, h = hub.frame_size
@@ -476,9 +395,17 @@ def create_app(args: ServeArgs, spec: EngineSpec, page: bool = True) -> FastAPI:
     if page:
         import gradio as gr
 
-        from app.play.page import build_page
+        from app.play.page import PAGE_ROUTES, build_page
 
         demo, css, head = build_page(hub.info.model, args.fps, *hub.frame_size)
         app = gr.mount_gradio_app(app, demo, path="/", css=css, head=head, footer_links=[])
         app.state.hub = hub
+        routes = ROUTES | PAGE_ROUTES
+    # Outermost: only these routes (Gradio mounts ~70; the page needs a few GETs), browsers only from here.
+    app.add_middleware(Gate, routes=routes if page else ROUTES,  # type: ignore[arg-type]
+                       origins=Origins(args.host, args.allow_origins))
     return app
+
+
+def _client(ws: WebSocket) -> str:
+    return f"{ws.client.host}:{ws.client.port}" if ws.client else "a client"

@@ -40,6 +40,7 @@ from engine.types import Frame
 
 log = logging.getLogger("worldstream.session")
 JPEG_QUALITY = 90
+MAX_COMMANDS = 32  # commands (reset, record) waiting for the next tick; beyond, each is refused with a reply
 
 
 @dataclass
@@ -98,7 +99,7 @@ class PlaySession:
         self._input = Input(seq=0, ts=0.0, keys=(), gamepad=None)
         self._action = to_action((), None)  # the current input's action
         self.last_action: Action | None = None  # the action of the last frame stepped (worker side)
-        self._commands: collections.deque[Reset | Record] = collections.deque(maxlen=64)
+        self._commands: collections.deque[Reset | Record] = collections.deque()  # at most MAX_COMMANDS
         self._echoed_seq = 0  # seq 0: no input yet
         self.seed = 0
         self.start_scene = info.start  # changed by a reset that names another scene
@@ -124,25 +125,37 @@ class PlaySession:
             action = self._action
         return self.last_action is not None and action != self.last_action
 
-    def command(self, msg: Reset | Record) -> None:
+    def command(self, msg: Reset | Record) -> str | None:
+        """Queue a command for the next tick; if ``MAX_COMMANDS`` already wait, refuse it: the
+        refusal (an ``error`` message to send) is returned. Nothing is dropped silently."""
         with self._lock:
-            self._commands.append(msg)
+            if len(self._commands) < MAX_COMMANDS:
+                self._commands.append(msg)
+                return None
+        kind = "reset" if isinstance(msg, Reset) else "record"
+        return json.dumps({"type": "error", "code": "busy", "refused": kind,
+                           "message": f"{kind} refused: {MAX_COMMANDS} commands are already waiting for the next "
+                                      f"frame; send it again after a frame"})
 
     def latest(self) -> tuple[Input, Action]:
         """The input now and its action (read by a step in flight: a change preempts it)."""
         with self._lock:
             return self._input, self._action
 
+    def _next_command(self) -> Reset | Record | None:
+        with self._lock:
+            return self._commands.popleft() if self._commands else None
+
     # ------------------------------------------------------------------ worker side
     def begin(self, step: bool) -> Plan:
         """A tick's first half: apply pending commands (a reset makes its frame here); the
         action to step if ``step`` (None: no frame wanted, or the reset's frame is this tick's)."""
         with self._lock:
-            commands = list(self._commands)
-            self._commands.clear()
             inp, action = self._input, self._action
         plan = Plan(Tick(), inp)
-        for cmd in commands:
+        # In order, up to and including the first reset: a reset's frame is this tick's frame, and
+        # one reset per tick keeps a burst of them from stalling every session's tick.
+        while plan.frame is None and (cmd := self._next_command()) is not None:
             if isinstance(cmd, Reset):
                 if cmd.start is not None and cmd.start not in self.info.starts:
                     message = f"unknown start scene {cmd.start[:64]!r}; choose one of {list(self.info.starts)}"
