@@ -13,11 +13,12 @@ Server -> client: a text ``{"type": "frame", ...}`` (index, echoed input seq/ts,
 followed by the frame as one binary JPEG message; text ``hello``, ``stats``, ``recording``,
 ``paused``, ``error`` messages. Anything malformed is answered with ``error`` and the session goes on.
 
-Close codes: 1008 wrong or missing token, or an input flood far over the rate limit (``RateLimit``);
+Close codes: 1007 a text message that is not UTF-8; 1008 wrong or missing token, an input flood
+far over the rate limit (``RateLimit``), or too many control/continuation frames (app/play/guard.py);
 1009 a message over 64 KiB (the websocket layer); 1011 a server error (details only in the server's
 log); 1013 the server is full, try again later; 1011 also when a client answers no keepalive ping
-for about 40 s (one that stopped reading). A client that reads slower than frames are made is not
-closed: it gets the newest frame, the others are dropped.
+for ``--keepalive`` seconds (one that stopped reading). A client that reads slower than frames are
+made is not closed: it gets the newest frame, the others are dropped.
 """
 
 from __future__ import annotations
