@@ -90,9 +90,13 @@ async def drop(ws: ClientConnection, how: str) -> None:
     if how == "clean":
         await ws.close()
         return
+    if ws.transport.is_closing():  # the server closed it already (its keepalive, a limit)
+        ws.transport.abort()
+        return
     sock = ws.transport.get_extra_info("socket")
     if how == "rst" and sock is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        with contextlib.suppress(OSError):  # closed under us just now
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     ws.transport.abort() if how == "rst" else ws.transport.close()
 
 
