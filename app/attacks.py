@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import http.client
 import json
 import random
 import socket
@@ -29,6 +28,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from app import wire
 from app.play.protocol import ProtocolError, parse
 
 
@@ -148,13 +148,7 @@ async def churn(url: str, n: int) -> dict[str, Any]:
 
 
 def health(url: str) -> dict[str, Any]:
-    """The server's /healthz (plain HTTP on loopback: no proxy settings apply)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port_of(url), timeout=10)
-    try:
-        conn.request("GET", "/healthz")
-        return json.loads(conn.getresponse().read())
-    finally:
-        conn.close()
+    return wire.health(port_of(url))
 
 
 def port_of(url: str) -> int:

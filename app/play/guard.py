@@ -88,8 +88,6 @@ class GuardedProtocol(WebSocketsSansIOProtocol):
         self.close_timeout = self.limits.close_grace  # wait this long for the peer's close reply
         self._inbox = bytearray()  # received, not yet parsed
         self._real: asyncio.Transport | None = None
-        self._reading = True
-        self._write_blocked = False
         self._dropping = False  # failed: nothing more is read; the connection ends after the grace period
         self._abort: asyncio.TimerHandle | None = None
         self._tokens = self.limits.frame_burst
@@ -111,19 +109,17 @@ class GuardedProtocol(WebSocketsSansIOProtocol):
         self.feed()
 
     def pause_writing(self) -> None:
-        super().pause_writing()
-        self._write_blocked = True
+        super().pause_writing()  # clears ``writable``
         self.sync_reading()
 
     def resume_writing(self) -> None:
         super().resume_writing()
-        self._write_blocked = False
         self.feed()
 
     # ------------------------------------------------------------------ reading
     def _holding(self) -> bool:
         """Parse nothing now: a message waits for the app, or the peer is not reading what it was sent."""
-        return self.read_paused or self._write_blocked or self.disconnected or self._dropping
+        return self.read_paused or not self.writable.is_set() or self.disconnected or self._dropping
 
     def feed(self) -> None:
         """Parse what was received, a slice at a time, while nothing holds; then read the socket
@@ -145,9 +141,8 @@ class GuardedProtocol(WebSocketsSansIOProtocol):
 
     def sync_reading(self) -> None:
         want = not self._inbox and not self._holding()
-        if self._real is None or want == self._reading or self._real.is_closing():
+        if self._real is None or self._real.is_closing() or want == self._real.is_reading():
             return
-        self._reading = want
         self._real.resume_reading() if want else self._real.pause_reading()
 
     # ------------------------------------------------------------------ frames

@@ -239,19 +239,17 @@ class Hub:
         """A playing session's action differs from its last frame's (a draft in flight is stale)."""
         return any(c.session.changed() for c in list(self.active) if not c.paused)
 
-    async def _idle(self, until: float) -> bool:
-        """Sleep until ``until``; with preemption on, wake early (True) when a playing session's
-        action differs from the one its last frame used."""
+    async def _idle(self, until: float) -> None:
+        """Sleep until ``until``; with preemption on, wake early when a playing session's action
+        differs from the one its last frame used."""
         if not self.args.preempt:
             await asyncio.sleep(max(0.0, until - time.monotonic()))
-            return False
+            return
         self.input_changed.clear()  # before the check: a change after it sets the event again
         if self._keys_changed():
-            return True
+            return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.input_changed.wait(), max(0.0, until - time.monotonic()))
-            return True
-        return False
 
     def tick_all(self, jobs: list[tuple[PlaySession, bool]]) -> list[Tick | BaseException]:
         """Engine thread: every session's commands, one batched step for all that play, then
@@ -392,6 +390,7 @@ def create_app(args: ServeArgs, spec: EngineSpec, page: bool = True) -> FastAPI:
             with contextlib.suppress(Exception):
                 await asyncio.shield(asyncio.wrap_future(closing))
 
+    routes = ROUTES
     if page:
         import gradio as gr
 
@@ -402,7 +401,7 @@ def create_app(args: ServeArgs, spec: EngineSpec, page: bool = True) -> FastAPI:
         app.state.hub = hub
         routes = ROUTES | PAGE_ROUTES
     # Outermost: only these routes (Gradio mounts ~70; the page needs a few GETs), browsers only from here.
-    app.add_middleware(Gate, routes=routes if page else ROUTES,  # type: ignore[arg-type]
+    app.add_middleware(Gate, routes=routes,  # type: ignore[arg-type]
                        origins=Origins(args.host, args.allow_origins))
     return app
 
