@@ -156,20 +156,29 @@ def port_of(url: str) -> int:
 
 
 async def slow(url: str, seconds: float) -> dict[str, Any]:
-    """A client that reads one message and then nothing for ``seconds`` while asking for stats 50
-    times a second (the replies fill its buffers even when frames are small), then resets. Its
-    frames must be dropped, not queued, and the server's keepalive closes it (``closed_by_server``)."""
+    """A client that reads one message and then nothing, while asking for stats 50 times a second
+    (the replies fill its buffers even when frames are small), until the server frees its slot or
+    ``seconds`` pass; then it resets. Its frames must be dropped, not queued, and the server's
+    keepalive must close it (``freed_after_s``: None if it did not within ``seconds``)."""
     before = health(url)
     ws = await open_ws(url, rcvbuf=4096, max_queue=1)
-    with contextlib.suppress(TimeoutError, ConnectionClosed):
-        async with asyncio.timeout(seconds):  # a send blocks once the server stops reading this client
+
+    async def ask() -> None:  # a send blocks once the server stops reading this client
+        with contextlib.suppress(ConnectionClosed):
             while True:
                 await ws.send(json.dumps({"type": "stats"}))
                 await asyncio.sleep(0.02)
-    after = health(url)
+
+    asking = asyncio.create_task(ask())
+    t0, freed, after = time.monotonic(), None, before
+    while freed is None and time.monotonic() < t0 + seconds:
+        await asyncio.sleep(0.25)
+        after = health(url)
+        if after["sessions"] <= before["sessions"]:
+            freed = round(time.monotonic() - t0, 1)
+    asking.cancel()
     await drop(ws, "rst")
-    return {"messages": 1, "frames_dropped": after["frames_dropped"] - before["frames_dropped"],
-            "closed_by_server": after["sessions"] <= before["sessions"]}
+    return {"messages": 1, "frames_dropped": after["frames_dropped"] - before["frames_dropped"], "freed_after_s": freed}
 
 
 async def flood(url: str, seconds: float) -> dict[str, Any]:

@@ -9,11 +9,11 @@ campaign; its frame rate is measured before, during each phase and after. Phases
 
     fuzz       N malformed/hostile messages on one connection (each must get an error reply)
     churn      N connections closed cleanly, by FIN without a close frame, by RST, mid-recording
-    slow       a client that stops reading frames (its frames must be dropped, not queued)
+    slow       a client that stops reading frames (dropped, not queued; the keepalive frees its slot)
     flood      a client sending input as fast as it can (rate-limited)
     recording  record on/off in one tick, while paused, a disconnect mid-recording
     keys, commands                 a key toggled ~90/s; 150 record toggles and 64 resets at once
-    fragments, pings, silent, ...  below the message layer (app/wire.py), with and without the token
+    fragments, pings, origin, ...  below the message layer (app/wire.py), with and without the token
     memory     the player records for a long run; server RSS sampled throughout
 
 The server runs with a token (the player and most attackers know it; some do not) and the player
@@ -87,11 +87,12 @@ class SoakArgs:
 
 
 # Tiny frames are ~0.8 KB: at 30 FPS a silent client fills its buffers within the slow phase.
-# The keepalive closes the slow reader once its buffers are full (~8 s here) and it has lost frames.
-SHORT = dict(fuzz=300, churn=12, phase_seconds=3.0, slow_seconds=13.0, memory_seconds=5.0, fps=30.0, keepalive=10.0)
+# The keepalive closes the slow reader once its buffers are full (~8 s here) and it has lost frames;
+# the phase ends when its slot is free (~12 s), at the latest after slow_seconds.
+SHORT = dict(fuzz=300, churn=12, phase_seconds=3.0, slow_seconds=16.0, memory_seconds=5.0, fps=30.0, keepalive=10.0)
 RSS_GROWTH_MB = 50.0  # issue #38: an attack below the message layer may grow the server's RSS by less than this
 WIRE = {"keys toggled 90/s", "command burst", "fragments", "fragments, wrong token", "pings, never reading",
-        "pings, wrong token", "2 silent clients", "foreign origin", "invalid UTF-8", "routes"}
+        "pings, wrong token", "foreign origin", "invalid UTF-8", "routes"}
 
 
 @dataclass
@@ -228,7 +229,6 @@ async def campaign(args: SoakArgs, server: Server, recordings: Path) -> dict[str
     await phase("fragments, wrong token", thread(wire.fragments_unauthorised, port, args.phase_seconds, wrong))
     await phase("pings, never reading", thread(wire.pings, port, args.phase_seconds, path))
     await phase("pings, wrong token", thread(wire.pings, port, args.phase_seconds, wrong))
-    await phase("2 silent clients", thread(wire.silent, port, 2, args.keepalive + 15.0, path))
     await phase("foreign origin", thread(wire.foreign, port, path))
     await phase("invalid UTF-8", thread(wire.invalid_utf8, port, path))
     await phase("routes", thread(routes, port, server.token, recordings))
@@ -314,11 +314,9 @@ def failures(r: dict[str, Any], args: SoakArgs) -> list[str]:
         bad.append(f"endless fragments were not closed: {p['fragments']}")
     if p["fragments, wrong token"]["longest_connection_s"] > 5:
         bad.append(f"an unauthorised connection lived too long: {p['fragments, wrong token']}")
-    if args.slow_seconds > args.keepalive + 3 and not p["slow reader"]["closed_by_server"]:
-        bad.append(f"the slow reader was not closed within {args.slow_seconds} s (keepalive {args.keepalive} s)")
-    freed = p["2 silent clients"]["freed_after_s"]
-    if freed is None or freed > args.keepalive + 5:
-        bad.append(f"silent clients held their slots {freed} s (keepalive {args.keepalive} s)")
+    freed = p["slow reader"]["freed_after_s"]
+    if args.slow_seconds >= args.keepalive + 5 and (freed is None or freed > args.keepalive + 5):
+        bad.append(f"the slow reader held its slot {freed} s (keepalive {args.keepalive} s)")
     if (p["foreign origin"]["foreign_origin"], p["foreign origin"]["rebound_name"]) != (403, 403):
         bad.append(f"a foreign origin was let in: {p['foreign origin']}")
     if p["invalid UTF-8"]["close_code"] != 1007:
