@@ -1,6 +1,6 @@
 """``worldstream soak``: a bounded hostile-client campaign against a play server it starts itself.
 
-    worldstream soak --preset tiny --short          # the configuration `make test` runs (~90 s)
+    worldstream soak --preset tiny --short          # the configuration `make test` runs (~80 s)
     worldstream soak --memory-seconds 600           # the full campaign on the bundled model
 
 The server is ``worldstream play`` in a child process on 127.0.0.1 and a free port (loopback only:
